@@ -1,0 +1,77 @@
+"""Four-vector helpers shared by the data pipeline (numpy) and the model (jax.numpy).
+
+Vectors are channel-last arrays `(..., 4)` holding (px, py, pz, E) in GeV. Every function uses the
+namespace of its input array (numpy or jax.numpy), so the data pipeline and the model compute the
+same quantities with the same code. Epsilon clamps follow the ParT reference (weaver-core v0.4.17,
+PART_SPEC.md §2.5) so that padded (all-zero) particles give finite values.
+"""
+import math
+
+EPS = 1e-8
+"""Clamp applied before every logarithm of the pair features (the reference's `eps`)."""
+
+
+def _xp(x):
+    return x.__array_namespace__()
+
+
+def pt(v):
+    """Transverse momentum sqrt(px^2 + py^2), unclamped as in the reference."""
+    xp = _xp(v)
+    return xp.sqrt(v[..., 0] ** 2 + v[..., 1] ** 2)
+
+
+def rapidity(v):
+    """Rapidity 0.5 ln((E + pz) / (E - pz)), written as the reference does to stay finite at E = pz."""
+    xp = _xp(v)
+    pz, e = v[..., 2], v[..., 3]
+    return 0.5 * xp.log(1 + 2 * pz / xp.maximum(e - pz, 1e-20))
+
+
+def pseudorapidity(v):
+    """Pseudorapidity asinh(pz / pT) (finite for pT = 0)."""
+    xp = _xp(v)
+    return xp.arcsinh(v[..., 2] / xp.maximum(pt(v), 1e-20))
+
+
+def phi(v):
+    """Azimuthal angle atan2(py, px) in [-pi, pi]."""
+    xp = _xp(v)
+    return xp.arctan2(v[..., 1], v[..., 0])
+
+
+def wrap_phi(dphi):
+    """Wrap an angle difference into [-pi, pi) with a floored modulo (the reference's delta_phi)."""
+    return (dphi + math.pi) % (2 * math.pi) - math.pi
+
+
+def delta_r(y1, phi1, y2, phi2):
+    """Angular distance sqrt(dy^2 + dphi^2) with the azimuthal difference wrapped."""
+    xp = _xp(y1)
+    return xp.sqrt((y1 - y2) ** 2 + wrap_phi(phi1 - phi2) ** 2)
+
+
+def mass2(v):
+    """Invariant mass squared E^2 - |p|^2 (may be slightly negative from rounding)."""
+    return v[..., 3] ** 2 - v[..., 0] ** 2 - v[..., 1] ** 2 - v[..., 2] ** 2
+
+
+def pair_features(v):
+    """ParT pairwise interaction features of all particle pairs.
+
+    Args:
+      v: (..., P, 4) particle four-vectors (px, py, pz, E).
+    Returns:
+      (..., P, P, 4) array [ln kT, ln z, ln dR, ln m^2] for every pair (i, j), symmetric in (i, j):
+      dR is the rapidity-azimuth distance, kT = min(pT_i, pT_j) dR,
+      z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 = (p_i + p_j)^2; each clamped at EPS before the log.
+    """
+    xp = _xp(v)
+    pt_, y, phi_ = pt(v), rapidity(v), phi(v)
+    pt_i, pt_j = pt_[..., :, None], pt_[..., None, :]
+    dr = delta_r(y[..., :, None], phi_[..., :, None], y[..., None, :], phi_[..., None, :])
+    pt_min = xp.minimum(pt_i, pt_j)
+    kt = pt_min * dr
+    z = pt_min / xp.maximum(pt_i + pt_j, EPS)
+    m2 = mass2(v[..., :, None, :] + v[..., None, :, :])
+    return xp.stack([xp.log(xp.maximum(x, EPS)) for x in (kt, z, dr, m2)], axis=-1)
