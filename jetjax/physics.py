@@ -52,8 +52,12 @@ def delta_r(y1, phi1, y2, phi2):
 
 
 def mass2(v):
-    """Invariant mass squared E^2 - |p|^2 (may be slightly negative from rounding)."""
-    return v[..., 3] ** 2 - v[..., 0] ** 2 - v[..., 1] ** 2 - v[..., 2] ** 2
+    """Invariant mass squared E^2 - |p|^2 (may be slightly negative from rounding).
+
+    Summed in the reference's order, E^2 - ((px^2 + py^2) + pz^2): for (nearly) massless particles the
+    result is rounding noise that the ln m^2 pair feature sees, so the order matters for fidelity.
+    """
+    return v[..., 3] ** 2 - ((v[..., 0] ** 2 + v[..., 1] ** 2) + v[..., 2] ** 2)
 
 
 def pair_features(v):

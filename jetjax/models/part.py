@@ -1,0 +1,288 @@
+"""Particle Transformer (ParT) encoder in flax.linen.
+
+Faithful to the public PyTorch reference (weaver-core v0.4.17 `ParticleTransformer`, the model of the ParT
+paper; formulas in PART_SPEC.md §2), with channel-last inputs and zero padding:
+
+  features (B, P, C), vectors (B, P, 4) = (px, py, pz, E), mask (B, P) bool (True = real particle).
+
+Differences from the reference, all deliberate:
+- BatchNorm statistics are taken over real particles (embedding) and real pairs (pair embedding) only
+  (`MaskedBatchNorm`), so zero padding never changes a real output or a running statistic. The reference
+  wrap-pads instead (PART_SPEC §1.5). In eval mode both use the running statistics and agree exactly.
+- Padded slots of the inputs are zeroed first, so garbage there cannot leak into anything.
+- HeadScale scales output channel k of the attention by c[k mod H]; the reference scales head groups and
+  then permutes channels (PART_SPEC §2.8). The two are the same model family; `convert.py` absorbs the
+  permutation into the output projection, so reference checkpoints load exactly.
+- Linear biases start at zero (PyTorch draws them uniformly); weights use PyTorch's default schemes.
+- The training-time SequenceTrimmer of the reference is not part of the model: shapes stay static.
+
+The study's upgrades (PART_SPEC §8) are switches: `ffn='geglu'`, `ffn_ratio`, `drop_path` (per-sample
+stochastic depth), `layer_scale_init` (LayerScale on both residual branches; None = off), `head='mlp'`.
+"""
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jetjax import physics
+from jetjax.models.heads import Classifier, torch_linear_init
+
+LN_EPS = 1e-5
+NEG_INF = -1e9  # additive logit for masked keys: exp underflows to exactly 0 in float32
+
+# PyTorch default initialisations (PART_SPEC §2.12); Linear layers use heads.torch_linear_init.
+torch_qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")  # Xavier over the packed (3E, E)
+
+
+def gelu(x):
+    return nn.gelu(x, approximate=False)
+
+
+def layer_norm(name, dtype):
+    return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
+
+
+def dense(features, name, dtype, kernel_init=torch_linear_init):
+    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, name=name)
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm over the last axis whose batch statistics use only the entries where `mask` is True.
+
+    Statistics are computed in float32. Running averages follow PyTorch: momentum 0.1 and the unbiased
+    batch variance in the running estimate (the biased one normalises the batch). Under `jit` with a
+    data-sharded batch the sums run over the global batch (synchronised BatchNorm).
+    """
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, mask, train: bool):
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (channels,))
+        bias = self.param("bias", nn.initializers.zeros, (channels,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,))
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,))
+        x32 = x.astype(jnp.float32)
+        if train:
+            weight = mask[..., None].astype(jnp.float32)
+            axes = tuple(range(x.ndim - 1))
+            count = jnp.maximum(jnp.sum(weight), 1.0)
+            mean = jnp.sum(jnp.where(weight > 0, x32, 0.0), axis=axes) / count
+            var = jnp.sum(weight * (x32 - mean) ** 2, axis=axes) / count
+            if not self.is_initializing():
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                unbiased = var * count / jnp.maximum(count - 1, 1.0)
+                running_var.value = (1 - m) * running_var.value + m * unbiased
+        else:
+            mean, var = running_mean.value, running_var.value
+        y = (x32 - mean) * (scale / jnp.sqrt(var + self.epsilon)) + bias
+        return y.astype(x.dtype)
+
+
+class ParticleEmbed(nn.Module):
+    """BatchNorm of the input features, then [LayerNorm, Dense, GELU] per width; padded tokens zeroed."""
+
+    dims: Sequence[int]
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, features, mask, train):
+        x = MaskedBatchNorm(name="input_bn")(features, mask, train)
+        for i, width in enumerate(self.dims):
+            x = layer_norm(f"norm_{i}", self.dtype)(x)
+            x = gelu(dense(width, f"dense_{i}", self.dtype)(x))
+        return jnp.where(mask[..., None], x, 0).astype(self.dtype)
+
+
+class PairEmbed(nn.Module):
+    """Attention bias U (B, H, P, P) from the pairwise features (ln kT, ln z, ln dR, ln m^2).
+
+    A per-pair MLP [Dense, BatchNorm, GELU] x len(dims), the last width being the number of heads, after a
+    BatchNorm of the raw features; statistics over pairs of real particles only. Features, BatchNorm and the
+    output are float32; the Dense layers run in `dtype`.
+    """
+
+    dims: Sequence[int]
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, vectors, mask, train):
+        pair_mask = mask[:, :, None] & mask[:, None, :]
+        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(vectors), pair_mask, train)
+        for i, width in enumerate(self.dims):
+            x = dense(width, f"dense_{i}", self.dtype)(x)
+            x = gelu(MaskedBatchNorm(name=f"bn_{i}")(x, pair_mask, train))
+        return jnp.transpose(x.astype(jnp.float32), (0, 3, 1, 2))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with an optional additive bias (B, H, Q, K) and a key mask (B, K).
+
+    Logits, bias and softmax are float32. The bias is added after the 1/sqrt(head_dim) scaling.
+    q, k, v and output projections are separate 2-D kernels (so Muon can treat them as matrices).
+    """
+
+    num_heads: int
+    attn_dropout: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, query, key_value, key_mask, bias, train):
+        embed = query.shape[-1]
+        head_dim = embed // self.num_heads
+
+        def project(x, name):
+            y = dense(embed, name, self.dtype, torch_qkv_init)(x)
+            return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+
+        q = project(query, "query") * (head_dim ** -0.5)
+        k = project(key_value, "key")
+        v = project(key_value, "value")
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        if bias is not None:
+            logits = logits + bias
+        logits = jnp.where(key_mask[:, None, None, :], logits, NEG_INF)
+        weights = nn.softmax(logits, axis=-1)
+        weights = nn.Dropout(self.attn_dropout)(weights, deterministic=not train).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(*query.shape[:-1], embed)
+        return dense(embed, "out", self.dtype)(out)
+
+
+class FeedForward(nn.Module):
+    """ParT FFN: Dense -> GELU (or GEGLU) -> dropout -> LayerNorm on the hidden layer -> Dense."""
+
+    hidden: int
+    ffn: str
+    activation_dropout: float
+    dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x, train):
+        h = dense(self.hidden, "fc1", self.dtype)(x)
+        if self.ffn == "geglu":
+            h = h * gelu(dense(self.hidden, "fc1_gate", self.dtype)(x))
+        else:
+            h = gelu(h)
+        h = nn.Dropout(self.activation_dropout)(h, deterministic=not train)
+        h = layer_norm("post_fc_norm", self.dtype)(h)
+        return dense(x.shape[-1], "fc2", self.dtype)(h)
+
+
+class Block(nn.Module):
+    """ParT block (NormFormer-like pre-LN). Particle attention when `context` is None, otherwise
+    class attention: the class token (query, not normalised) attends to [class token, context]."""
+
+    num_heads: int
+    ffn: str
+    ffn_ratio: float
+    dropout: float
+    attn_dropout: float
+    activation_dropout: float
+    drop_path: float
+    layer_scale_init: Optional[float]
+    dtype: jnp.dtype
+
+    def residual_branch(self, y, name, train):
+        """Dropout, optional LayerScale and per-sample DropPath on a residual branch."""
+        y = nn.Dropout(self.dropout)(y, deterministic=not train)
+        if self.layer_scale_init is not None:
+            gamma = self.param(name, nn.initializers.constant(self.layer_scale_init), (y.shape[-1],))
+            y = y * gamma
+        return nn.Dropout(self.drop_path, broadcast_dims=(1, 2))(y, deterministic=not train)
+
+    @nn.compact
+    def __call__(self, x, mask, bias=None, context=None, train=False):
+        embed = x.shape[-1]
+        pre_attn_norm = layer_norm("pre_attn_norm", self.dtype)
+        if context is None:
+            query = key_value = pre_attn_norm(x)
+            key_mask = mask
+        else:
+            query = x
+            key_value = pre_attn_norm(jnp.concatenate([x, context], axis=1))
+            key_mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
+        a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
+            query, key_value, key_mask, bias, train)
+        head_scale = self.param("head_scale", nn.initializers.ones, (self.num_heads,))
+        a = (a.reshape(*a.shape[:-1], -1, self.num_heads) * head_scale).reshape(a.shape)
+        a = layer_norm("post_attn_norm", self.dtype)(a)
+        x = x + self.residual_branch(a, "layer_scale_attn", train)
+
+        f = layer_norm("pre_fc_norm", self.dtype)(x)
+        f = FeedForward(int(self.ffn_ratio * embed), self.ffn, self.activation_dropout, self.dtype,
+                        name="ffn")(f, train)
+        resid_scale = self.param("resid_scale", nn.initializers.ones, (embed,))
+        return resid_scale * x + self.residual_branch(f, "layer_scale_ffn", train)
+
+
+class ParT(nn.Module):
+    """The ParT encoder (+ optional classifier head). Defaults are the reference ParT of the JetClass paper.
+
+    Returns a dict: `z` (B, E) jet representation (final LayerNorm of the class token), `tokens` (B, P, E)
+    particle tokens after the last particle block, and `logits` (B, num_classes) when num_classes is set.
+    Stage outputs are sown into the 'intermediates' collection (embedding, pair_bias, block_i, cls_block_i).
+    """
+
+    num_classes: Optional[int] = 10
+    embed_dims: Sequence[int] = (128, 512, 128)
+    pair_embed_dims: Sequence[int] = (64, 64, 64)
+    num_heads: int = 8
+    num_layers: int = 8
+    num_cls_layers: int = 2
+    ffn: str = "gelu"
+    ffn_ratio: float = 4.0
+    dropout: float = 0.1
+    attn_dropout: float = 0.1
+    activation_dropout: float = 0.1
+    drop_path: float = 0.0
+    layer_scale_init: Optional[float] = None
+    head: str = "linear"
+    head_hidden: int = 256
+    head_dropout: float = 0.1
+    dtype: jnp.dtype = jnp.float32
+
+    def setup(self):
+        if self.ffn not in ("gelu", "geglu"):
+            raise ValueError(f"model.ffn must be 'gelu' or 'geglu', got {self.ffn!r}")
+        if self.embed_dims[-1] % self.num_heads:
+            raise ValueError(f"model.embed_dims[-1]={self.embed_dims[-1]} is not divisible by "
+                             f"model.num_heads={self.num_heads}")
+
+    def block(self, name, dropouts, drop_path):
+        return Block(self.num_heads, self.ffn, self.ffn_ratio, *dropouts, drop_path, self.layer_scale_init,
+                     self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, features, vectors, mask, train: bool = False):
+        mask = mask.astype(bool)
+        features = jnp.where(mask[..., None], features, 0).astype(jnp.float32)
+        vectors = jnp.where(mask[..., None], vectors, 0).astype(jnp.float32)
+
+        x = ParticleEmbed(self.embed_dims, self.dtype, name="embed")(features, mask, train)
+        self.sow("intermediates", "embedding", x)
+        bias = None
+        if self.pair_embed_dims:
+            bias = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, name="pair_embed")(
+                vectors, mask, train)
+            self.sow("intermediates", "pair_bias", bias)
+
+        dropouts = (self.dropout, self.attn_dropout, self.activation_dropout)
+        for i in range(self.num_layers):
+            x = self.block(f"blocks_{i}", dropouts, self.drop_path)(x, mask, bias=bias, train=train)
+            self.sow("intermediates", f"block_{i}", x)
+
+        cls = self.param("cls_token", nn.initializers.truncated_normal(0.02), (1, 1, x.shape[-1]))
+        t = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])).astype(self.dtype)
+        for i in range(self.num_cls_layers):
+            t = self.block(f"cls_blocks_{i}", (0.0, 0.0, 0.0), 0.0)(t, mask, context=x, train=train)
+            self.sow("intermediates", f"cls_block_{i}", t)
+        z = layer_norm("norm", self.dtype)(t)[:, 0].astype(jnp.float32)
+
+        out = {"z": z, "tokens": x}
+        if self.num_classes:
+            out["logits"] = Classifier(self.num_classes, self.head, self.head_hidden, self.head_dropout,
+                                       self.dtype, name="head")(z, train).astype(jnp.float32)
+        return out
