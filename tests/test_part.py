@@ -1,0 +1,156 @@
+"""ParT encoder: parameter counts, symmetries (permutation, padding) and the study's variants."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jetjax.models.part import ParT
+
+TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
+            num_classes=3)
+NO_RANDOMNESS = dict(dropout=0.0, attn_dropout=0.0, activation_dropout=0.0, drop_path=0.0)
+
+
+def count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def jets(seed, batch=6, slots=24, channels=7, lengths=None):
+    """Random physical jets: massive particles, features, mask with `lengths` real particles per jet."""
+    rng = np.random.default_rng(seed)
+    p3 = rng.normal(size=(batch, slots, 3)) * [20.0, 20.0, 60.0]
+    energy = np.sqrt((p3 ** 2).sum(-1, keepdims=True) + rng.uniform(0.1, 1.0, (batch, slots, 1)))
+    lengths = rng.integers(1, slots + 1, batch) if lengths is None else np.asarray(lengths)
+    mask = np.arange(slots)[None] < lengths[:, None]
+    features = rng.normal(size=(batch, slots, channels)) * mask[..., None]
+    vectors = np.concatenate([p3, energy], -1) * mask[..., None]
+    return features.astype(np.float32), vectors.astype(np.float32), mask
+
+
+@pytest.mark.parametrize("channels,expected", [(7, 2_142_166), (13, 2_142_958), (17, 2_143_486)])
+def test_parameter_count_equals_reference(channels, expected):
+    f, v, m = jets(0, batch=2, slots=8, channels=channels)
+    shapes = jax.eval_shape(ParT().init, jax.random.key(0), f, v, m)
+    assert count(shapes["params"]) == expected
+
+
+def test_permutation_invariance():
+    f, v, m = jets(1)
+    model = ParT(**TINY)
+    variables = model.init(jax.random.key(0), f, v, m)
+    rng = np.random.default_rng(2)
+    perm = np.stack([rng.permutation(f.shape[1]) for _ in range(f.shape[0])])
+    take = lambda x: np.take_along_axis(x, perm.reshape(perm.shape + (1,) * (x.ndim - 2)), axis=1)
+    a = model.apply(variables, f, v, m)
+    b = model.apply(variables, take(f), take(v), take(m))
+    np.testing.assert_allclose(a["z"], b["z"], atol=2e-5)
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=2e-5)
+
+
+def pad_with_garbage(x, extra, rng):
+    garbage = rng.normal(size=(x.shape[0], extra) + x.shape[2:]) * 1e3
+    garbage.flat[::7] = np.nan
+    garbage.flat[::11] = np.inf
+    return np.concatenate([x, garbage.astype(x.dtype)], axis=1)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_padding_invariance(train):
+    """Extra slots full of garbage (huge values, NaN, inf) change no output and no BatchNorm statistic."""
+    f, v, m = jets(3, slots=24)
+    rng = np.random.default_rng(4)
+    f2, v2 = pad_with_garbage(f, 8, rng), pad_with_garbage(v, 8, rng)
+    m2 = np.concatenate([m, np.zeros((m.shape[0], 8), bool)], axis=1)
+    model = ParT(**TINY, **NO_RANDOMNESS)
+    variables = model.init(jax.random.key(0), f, v, m)
+    # move the running statistics away from their initial values so eval mode exercises them
+    _, stats = model.apply(variables, f, v, m, train=True, mutable=["batch_stats"])
+    variables = {**variables, **stats}
+    a, sa = model.apply(variables, f, v, m, train=train, mutable=["batch_stats"])
+    b, sb = model.apply(variables, f2, v2, m2, train=train, mutable=["batch_stats"])
+    for key in ("z", "logits"):
+        assert np.all(np.isfinite(b[key]))
+        np.testing.assert_allclose(a[key], b[key], atol=2e-5)
+    np.testing.assert_allclose(a["tokens"][m], b["tokens"][:, :24][m], atol=2e-5)
+    for x, y in zip(jax.tree.leaves(sa), jax.tree.leaves(sb)):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_training_updates_running_statistics_from_real_particles_only():
+    f, v, m = jets(5, slots=16)
+    model = ParT(**TINY, **NO_RANDOMNESS)
+    variables = model.init(jax.random.key(0), f, v, m)
+    _, stats = model.apply(variables, f, v, m, train=True, mutable=["batch_stats"])
+    real = f[m].astype(np.float64)
+    running = stats["batch_stats"]["embed"]["input_bn"]
+    np.testing.assert_allclose(running["mean"], 0.1 * real.mean(0), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(running["var"], 0.9 + 0.1 * real.var(0, ddof=1), rtol=1e-4)
+
+
+VARIANTS = {
+    "geglu": dict(ffn="geglu", ffn_ratio=6.0),
+    "drop_path": dict(drop_path=0.2),
+    "layer_scale": dict(layer_scale_init=1e-5),
+    "mlp_head": dict(head="mlp", head_hidden=32),
+    "bfloat16": dict(dtype=jnp.bfloat16),
+    "ours": dict(ffn="geglu", ffn_ratio=6.0, drop_path=0.1, layer_scale_init=0.1, head="mlp", head_hidden=32),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_variant_trains_with_finite_gradients(name):
+    f, v, m = jets(6)
+    labels = np.arange(f.shape[0]) % 3
+    model = ParT(**TINY, **VARIANTS[name])
+    variables = model.init(jax.random.key(0), f, v, m)
+
+    def loss(params):
+        out, _ = model.apply({**variables, "params": params}, f, v, m, train=True,
+                             rngs={"dropout": jax.random.key(1)}, mutable=["batch_stats"])
+        logp = jax.nn.log_softmax(out["logits"])
+        return -jnp.mean(logp[jnp.arange(len(labels)), labels])
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(variables["params"])
+    assert np.isfinite(value)
+    leaves = jax.tree.leaves(grads)
+    assert all(np.all(np.isfinite(g)) for g in leaves)
+    assert sum(float(jnp.sum(jnp.abs(g))) for g in leaves) > 0
+
+
+def test_geglu_adds_gate_matrices_and_layer_scale_adds_vectors():
+    f, v, m = jets(7)
+    base = count(ParT(**TINY).init(jax.random.key(0), f, v, m)["params"])
+    blocks = TINY["num_layers"] + TINY["num_cls_layers"]
+    e = TINY["embed_dims"][-1]
+    geglu = count(ParT(**TINY, ffn="geglu").init(jax.random.key(0), f, v, m)["params"])
+    assert geglu - base == blocks * (e * 4 * e + 4 * e)
+    scaled = count(ParT(**TINY, layer_scale_init=0.1).init(jax.random.key(0), f, v, m)["params"])
+    assert scaled - base == blocks * 2 * e
+
+
+def test_drop_path_is_identity_in_eval_and_random_in_training():
+    f, v, m = jets(8)
+    plain, dropped = ParT(**TINY, **NO_RANDOMNESS), ParT(**TINY, **{**NO_RANDOMNESS, "drop_path": 0.5})
+    variables = plain.init(jax.random.key(0), f, v, m)
+    np.testing.assert_array_equal(plain.apply(variables, f, v, m)["z"], dropped.apply(variables, f, v, m)["z"])
+    run = lambda key: dropped.apply(variables, f, v, m, train=True, rngs={"dropout": key},
+                                    mutable=["batch_stats"])[0]["z"]
+    assert not np.allclose(run(jax.random.key(1)), run(jax.random.key(2)))
+
+
+def test_bfloat16_close_to_float32():
+    f, v, m = jets(9)
+    model = ParT(**TINY)
+    variables = model.init(jax.random.key(0), f, v, m)
+    a = model.apply(variables, f, v, m)["logits"]
+    b = ParT(**TINY, dtype=jnp.bfloat16).apply(variables, f, v, m)["logits"]
+    assert b.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, atol=0.1)
+
+
+def test_bad_config_names_the_key():
+    f, v, m = jets(10)
+    with pytest.raises(ValueError, match="model.ffn"):
+        ParT(**TINY, ffn="swiglu").init(jax.random.key(0), f, v, m)
+    with pytest.raises(ValueError, match="model.head"):
+        ParT(**TINY, head="deep").init(jax.random.key(0), f, v, m)
