@@ -60,22 +60,22 @@ def mass2(v):
     return v[..., 3] ** 2 - ((v[..., 0] ** 2 + v[..., 1] ** 2) + v[..., 2] ** 2)
 
 
-def pair_features(v):
-    """ParT pairwise interaction features of all particle pairs.
+def pair_features(v_i, v_j):
+    """ParT pairwise interaction features of particle pairs (i, j), elementwise over broadcast shapes.
 
     Args:
-      v: (..., P, 4) particle four-vectors (px, py, pz, E).
+      v_i, v_j: (..., 4) four-vectors (px, py, pz, E) of the two particles of each pair; all pairs of one
+        jet's particles v (P, 4) are `pair_features(v[:, None], v[None, :])`.
     Returns:
-      (..., P, P, 4) array [ln kT, ln z, ln dR, ln m^2] for every pair (i, j), symmetric in (i, j):
-      dR is the rapidity-azimuth distance, kT = min(pT_i, pT_j) dR,
-      z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 = (p_i + p_j)^2; each clamped at EPS before the log.
+      (..., 4) array [ln kT, ln z, ln dR, ln m^2], symmetric under i <-> j: dR is the rapidity-azimuth
+      distance, kT = min(pT_i, pT_j) dR, z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 = (p_i + p_j)^2;
+      each clamped at EPS before the log.
     """
-    xp = _xp(v)
-    pt_, y, phi_ = pt(v), rapidity(v), phi(v)
-    pt_i, pt_j = pt_[..., :, None], pt_[..., None, :]
-    dr = delta_r(y[..., :, None], phi_[..., :, None], y[..., None, :], phi_[..., None, :])
+    xp = _xp(v_i)
+    pt_i, pt_j = pt(v_i), pt(v_j)
+    dr = delta_r(rapidity(v_i), phi(v_i), rapidity(v_j), phi(v_j))
     pt_min = xp.minimum(pt_i, pt_j)
     kt = pt_min * dr
     z = pt_min / xp.maximum(pt_i + pt_j, EPS)
-    m2 = mass2(v[..., :, None, :] + v[..., None, :, :])
+    m2 = mass2(v_i + v_j)
     return xp.stack([xp.log(xp.maximum(x, EPS)) for x in (kt, z, dr, m2)], axis=-1)

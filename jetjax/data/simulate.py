@@ -53,10 +53,12 @@ the number of workers; it is written to a temporary name and renamed when comple
 only the files still missing (`simulation.json` in OUT records the settings and guards against mixing).
 """
 import argparse
+import functools
 import json
 import math
 import multiprocessing
 import os
+import queue
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -65,6 +67,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from jetjax import physics
 
@@ -247,19 +250,19 @@ def resonance_candidates(event):
     return [Candidate(prongs, aux + tau_daughters, TAU_PAIR_LABELS.get(tuple(sorted(modes))))]
 
 
+TOP_FLAVOUR_LABELS = {(1, 2, 5): CLASS_LABELS["qqb"], (3, 4, 5): CLASS_LABELS["bcs"]}
+"""Sorted |PDG id| of a top's three quarks -> label (t -> s W, d W or W -> c d, u s: not a study class)."""
+
+
 def top_candidates(event):
-    """Each top of a t tbar event: b and the W's q q', labelled bcs (W -> c s) or qqb (W -> u d)."""
+    """Each top of a t tbar event: its down-type quark and the W's q q', labelled by their flavours."""
     tops = sorted({event[i].iBotCopyId() for i in range(event.size()) if event[i].idAbs() == 6})
     candidates = []
     for i_top in tops:
         top = event[i_top]
-        b = next(d for d in _daughters(event, top) if d.idAbs() == 5)
         w = _bottom_copy(event, next(d.index() for d in _daughters(event, top) if d.idAbs() == 24))
-        quarks = _daughters(event, w)
-        flavours = {q.idAbs() for q in quarks}
-        label = (CLASS_LABELS["bcs"] if flavours == {3, 4} else
-                 CLASS_LABELS["qqb"] if flavours <= {1, 2} else None)
-        products = [b] + quarks
+        products = [d for d in _daughters(event, top) if d.isQuark()] + _daughters(event, w)
+        label = TOP_FLAVOUR_LABELS.get(tuple(sorted(p.idAbs() for p in products)))
         aux = [(top, "isResX"), (w, "isResY")] + [(p, "isResDecayProd") for p in products]
         candidates.append(Candidate([(p.eta(), p.phi()) for p in products], aux, label))
     return candidates
@@ -466,8 +469,11 @@ def event_candidates(channel, event, jets):
     return pairs, len(candidates) - len(pairs)
 
 
-def simulate_channel(pythia8mc, fastjet, channel, wanted, pt_range, seed, rng):
-    """Generate until every class in `wanted` (class -> number) has its jets; returns rows and counters."""
+def simulate_channel(pythia8mc, fastjet, channel, wanted, pt_range, seed, rng, on_jet):
+    """Generate until every class in `wanted` (class -> number) has its jets; returns rows and counters.
+
+    `on_jet(1)` is called for each jet kept (progress reporting).
+    """
     pythia = make_pythia(pythia8mc, channel, pt_range, seed)
     label_class = {label: c for c, label in CLASS_LABELS.items()}
     rows, stats = [], Counter()
@@ -481,7 +487,7 @@ def simulate_channel(pythia8mc, fastjet, channel, wanted, pt_range, seed, rng):
             stats["failed_events"] += 1
             continue
         particles = visible_final_particles(pythia.event)
-        sequence, jets = selected_jets(fastjet, particles, pt_range)
+        sequence, jets = selected_jets(fastjet, particles, pt_range)  # the jets need their sequence alive
         if not jets:
             stats["no_jet_in_range"] += 1
             continue
@@ -502,13 +508,17 @@ def simulate_channel(pythia8mc, fastjet, channel, wanted, pt_range, seed, rng):
             row["jet_label"] = candidate.label
             row.update(aux_columns([(_aux_values(p), flag) for p, flag in candidate.aux]))
             rows.append(row)
-        del sequence
+            on_jet(1)
     stats.update({f"kept_{c}": n for c, n in kept.items()})
     return rows, stats
 
 
-def simulate_file(task):
-    """Generate one file (all its classes), write it to a temporary name and rename; returns its counters."""
+def simulate_file(task, on_jet=None):
+    """Generate one file (all its classes), write it to a temporary name and rename; returns its counters.
+
+    `on_jet(1)` is called for each jet kept: a progress bar's update, or a queue's put from a worker.
+    """
+    on_jet = on_jet or (lambda n: None)
     pythia8mc, fastjet = _import_generators()
     rng = np.random.default_rng(_file_seed_sequence(task))
     rows, stats, seconds = [], Counter(), Counter()
@@ -519,7 +529,7 @@ def simulate_file(task):
         seed = int(_file_seed_sequence(task, channel_index).generate_state(1)[0] % 900_000_000) + 1
         start = time.process_time()
         channel_rows, channel_stats = simulate_channel(pythia8mc, fastjet, channel, wanted, task.pt_range,
-                                                       seed, rng)
+                                                       seed, rng, on_jet)
         seconds[channel] += time.process_time() - start
         rows += channel_rows
         stats.update({f"{channel}/{k}": v for k, v in channel_stats.items()})
@@ -559,25 +569,32 @@ def simulate(out, jets_per_class, seed=0, workers=1, pt_range=(500.0, 1000.0), c
                           "classes": sorted(set(classes)), "jets_per_class_per_file": JETS_PER_CLASS_PER_FILE,
                           "x_mass_range": list(X_MASS_RANGE)})
     missing = [t for t in tasks if not t.path.exists()]
-    from tqdm import tqdm
-    bar = tqdm(total=sum(t.jets_per_class * len(t.classes) for t in missing), unit="jet", disable=not progress,
-               desc="simulating")
+    with tqdm(total=sum(t.jets_per_class * len(t.classes) for t in missing), unit="jet", disable=not progress,
+              desc="simulating") as bar:
+        if workers > 1 and len(missing) > 1:
+            results = _simulate_in_pool(missing, min(workers, len(missing)), bar)
+        else:
+            results = [simulate_file(task, bar.update) for task in missing]
     stats, seconds = Counter(), Counter()
-
-    def collect(results):
-        for result in results:
-            stats.update(result["stats"])
-            seconds.update(result["cpu_seconds"])
-            bar.update(result["jets"])
-
-    if workers > 1 and len(missing) > 1:
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(missing))) as pool:
-            collect(pool.imap_unordered(simulate_file, missing))
-    else:
-        collect(map(simulate_file, missing))
-    bar.close()
+    for result in results:
+        stats.update(result["stats"])
+        seconds.update(result["cpu_seconds"])
     return {"written": len(missing), "skipped": len(tasks) - len(missing), "stats": dict(stats),
             "cpu_seconds": dict(seconds)}
+
+
+def _simulate_in_pool(tasks, workers, bar):
+    """simulate_file over worker processes (spawned: safe after JAX started threads), updating the bar per jet."""
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(workers) as pool:
+        jets_done = manager.Queue()
+        results = pool.map_async(functools.partial(simulate_file, on_jet=jets_done.put), tasks)
+        while not (results.ready() and jets_done.empty()):
+            try:
+                bar.update(jets_done.get(timeout=0.2))
+            except queue.Empty:
+                pass
+        return results.get()
 
 
 def generation_speed(summary):

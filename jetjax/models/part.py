@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from jetjax import physics
 from jetjax.models.heads import Classifier, torch_linear_init
@@ -101,8 +102,9 @@ class PairEmbed(nn.Module):
     """Attention bias U (B, H, P, P) from the pairwise features (ln kT, ln z, ln dR, ln m^2).
 
     A per-pair MLP [Dense, BatchNorm, GELU] x len(dims), the last width being the number of heads, after a
-    BatchNorm of the raw features; statistics over pairs of real particles only. Features, BatchNorm and the
-    output are float32; the Dense layers run in `dtype`.
+    BatchNorm of the raw features. As in the reference, the MLP runs on the P(P+1)/2 unordered pairs i >= j
+    only (U is symmetric) and BatchNorm statistics count each unordered pair of real particles once.
+    Features, BatchNorm and the output are float32; the Dense layers run in `dtype`.
     """
 
     dims: Sequence[int]
@@ -110,12 +112,16 @@ class PairEmbed(nn.Module):
 
     @nn.compact
     def __call__(self, vectors, mask, train):
-        pair_mask = mask[:, :, None] & mask[:, None, :]
-        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(vectors), pair_mask, train)
-        for i, width in enumerate(self.dims):
-            x = dense(width, f"dense_{i}", self.dtype)(x)
-            x = gelu(MaskedBatchNorm(name=f"bn_{i}")(x, pair_mask, train))
-        return jnp.transpose(x.astype(jnp.float32), (0, 3, 1, 2))
+        slots = vectors.shape[1]
+        i, j = np.tril_indices(slots)
+        pair_mask = mask[:, i] & mask[:, j]
+        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(vectors[:, i], vectors[:, j]), pair_mask, train)
+        for n, width in enumerate(self.dims):
+            x = dense(width, f"dense_{n}", self.dtype)(x)
+            x = gelu(MaskedBatchNorm(name=f"bn_{n}")(x, pair_mask, train))
+        triangle_index = np.zeros((slots, slots), np.int32)
+        triangle_index[i, j] = triangle_index[j, i] = np.arange(len(i))
+        return jnp.take(jnp.swapaxes(x.astype(jnp.float32), 1, 2), triangle_index, axis=2)
 
 
 class Attention(nn.Module):

@@ -1,0 +1,193 @@
+"""Objectives as pure functions of arrays: each returns `(loss, metrics)`.
+
+`loss` is a float32 scalar and `metrics` a dict of float32 scalars naming the loss's terms. Inputs of
+any float dtype (e.g. bf16 model outputs) are cast to float32 first. Padded slots and degenerate
+inputs (zero vectors, jets without real particles, batches without masked particles) give finite
+values and finite gradients: masks are applied with `where` before any reduction, and every mean
+divides by a count clamped to at least 1.
+
+Formulas: PART_SPEC.md §4.7 (NT-Xent), §5 (SupCon), §6.3 (masked particle modelling), §7.3 (CLIP-VAE).
+"""
+import jax
+import jax.numpy as jnp
+
+_NORM_EPS = 1e-12
+"""Floor of the L2 norm when projections are normalised (PyTorch `F.normalize`'s eps): zero stays zero."""
+
+
+def _f32(x):
+    return jnp.asarray(x, jnp.float32)
+
+
+def _masked_mean(x, mask, axis=None):
+    """Mean of `x` over the entries where `mask` is true; 0 where there are none."""
+    total = jnp.sum(jnp.where(mask, x, 0.0), axis=axis)
+    return total / jnp.maximum(jnp.sum(mask, axis=axis), 1)
+
+
+def _cross_entropy_terms(logits, labels, label_smoothing):
+    """Per-example cross-entropy against the smoothed target (1 - eps) one_hot + eps / K, and correctness."""
+    logits = _f32(logits)
+    n_classes = logits.shape[-1]
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    target = (1.0 - label_smoothing) * jax.nn.one_hot(labels, n_classes) + label_smoothing / n_classes
+    ce = -jnp.sum(target * log_p, axis=-1)
+    correct = jnp.argmax(logits, axis=-1) == labels
+    return ce, correct
+
+
+def cross_entropy(logits, labels, label_smoothing=0.0):
+    """Softmax cross-entropy, mean over all examples.
+
+    logits (..., K), labels (...) int in [0, K); with label smoothing eps the target is
+    (1 - eps) one_hot + eps / K (PyTorch's and optax's convention).
+    Metrics: `cross_entropy`, `accuracy` (argmax of the logits equals the label).
+    """
+    ce, correct = _cross_entropy_terms(logits, labels, label_smoothing)
+    loss = jnp.mean(ce)
+    return loss, {"cross_entropy": loss, "accuracy": jnp.mean(correct.astype(jnp.float32))}
+
+
+def _l2_normalise(z):
+    return z / jnp.sqrt(jnp.maximum(jnp.sum(z * z, axis=-1, keepdims=True), _NORM_EPS ** 2))
+
+
+def supcon(z_views, labels=None, temperature=0.07, base_temperature=0.07):
+    """Supervised contrastive loss (Khosla et al.; PART_SPEC.md §5), mode "all".
+
+    z_views (B, V, d): V >= 1 views of each of B jets, L2-normalised here (a zero vector stays zero).
+    labels (B,) int, or None for the self-supervised case (positives = the other views of the same
+    jet: NT-Xent/SimCLR, which needs V >= 2).
+    Every one of the A = B*V vectors is an anchor a with positives P(a) = {p != a : y_p = y_a} and
+    contrast set {b != a}:
+        l_a = -(temperature / base_temperature) * mean_{p in P(a)} log softmax_{b != a}(z_a.z_b / T)[p]
+    and the loss is the mean of l_a over all A anchors. As in the reference (SupContrast), an anchor
+    without any positive (a jet alone in its class with V = 1) gets l_a = 0 and still counts in the
+    mean, so the loss scale does not depend on how many such anchors a batch happens to hold.
+    Metrics: `contrastive` (the loss), `top1_positive` (fraction of anchors whose most similar other
+    vector is a positive), `positives_per_anchor`.
+    """
+    n_jets, n_views = z_views.shape[:2]
+    if labels is None and n_views < 2:
+        raise ValueError(f"supcon without labels needs at least 2 views per jet, got z_views of shape "
+                         f"{z_views.shape}: pass labels or stack augmented views on axis 1")
+    if n_jets * n_views < 2:
+        raise ValueError(f"supcon needs at least 2 vectors to contrast, got z_views of shape {z_views.shape}")
+    ids = jnp.arange(n_jets) if labels is None else jnp.asarray(labels)
+    # view-major contrast set: view 0 of every jet, then view 1, ... (order does not change the loss)
+    z = _l2_normalise(_f32(z_views)).transpose(1, 0, 2).reshape(n_jets * n_views, -1)
+    ids = jnp.tile(ids, n_views)
+    sim = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
+    is_self = jnp.eye(len(z), dtype=bool)
+    log_prob = sim - jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, sim), axis=1, keepdims=True)
+    positive = (ids[:, None] == ids[None, :]) & ~is_self
+    per_anchor = -(temperature / base_temperature) * _masked_mean(log_prob, positive, axis=1)
+    loss = jnp.mean(per_anchor)
+    nearest = jnp.argmax(jnp.where(is_self, -jnp.inf, sim), axis=1)
+    top1 = jnp.take_along_axis(positive, nearest[:, None], axis=1)[:, 0]
+    return loss, {
+        "contrastive": loss,
+        "top1_positive": jnp.mean(top1.astype(jnp.float32)),
+        "positives_per_anchor": jnp.mean(jnp.sum(positive, axis=1).astype(jnp.float32)),
+    }
+
+
+def nt_xent(z1, z2, temperature=0.1):
+    """NT-Xent (SimCLR / JetCLR; PART_SPEC.md §4.7) of two views z1, z2 (B, d) of the same B jets.
+
+    For each of the 2B projections a, with positive partner p(a) (the other view of its jet):
+    l_a = -log[exp(s_a,p(a) / T) / sum_{b != a} exp(s_ab / T)], s = cosine similarity; mean over a.
+    Identical to `supcon(stack([z1, z2], 1), None, temperature, base_temperature=temperature)`.
+    """
+    return supcon(jnp.stack([z1, z2], axis=1), None, temperature=temperature, base_temperature=temperature)
+
+
+def masked_particle(pred, target, masked, pid_logits=None, pid_target=None, loss="l1", pid_weight=0.3,
+                    label_smoothing=0.1, feature_names=None):
+    """Masked-particle-modelling loss (PART_SPEC.md §6.3): reconstruct the masked real particles.
+
+    pred, target (B, P, F): predicted and true (standardised) features; masked (B, P) bool marks the
+    masked *real* particles (padding already excluded). For each feature f, the L1 (`loss="l1"`) or
+    squared (`loss="mse"`) error is averaged over all masked particles of the batch; the
+    reconstruction loss is the sum of these F terms. With pid_logits (B, P, K) and pid_target (B, P)
+    int, a particle-ID cross-entropy with label smoothing on the same particles is added with weight
+    `pid_weight`. A batch without masked particles gives 0.
+    Metrics: `reco`, `reco_<name>` per feature (names from `feature_names`, default f0, f1, ...),
+    `masked_particles`, and with IDs `pid_cross_entropy`, `pid_accuracy`; `total` is the loss.
+    """
+    if loss not in ("l1", "mse"):
+        raise ValueError(f"masked_particle: unknown loss {loss!r}, use 'l1' or 'mse'")
+    if (pid_logits is None) != (pid_target is None):
+        raise ValueError("masked_particle: pass both pid_logits and pid_target, or neither")
+    n_features = pred.shape[-1]
+    names = [f"f{i}" for i in range(n_features)] if feature_names is None else list(feature_names)
+    if len(names) != n_features:
+        raise ValueError(f"masked_particle: {len(names)} feature_names for {n_features} predicted features")
+    # zero every unmasked slot first, so that nothing there (even NaN) reaches values or gradients
+    diff = jnp.where(masked[..., None], _f32(pred) - _f32(target), 0.0)
+    error = jnp.abs(diff) if loss == "l1" else diff * diff
+    per_feature = _masked_mean(error, masked[..., None], axis=(0, 1))
+    reco = jnp.sum(per_feature)
+    metrics = {"reco": reco, **{f"reco_{n}": per_feature[i] for i, n in enumerate(names)},
+               "masked_particles": jnp.sum(masked).astype(jnp.float32)}
+    total = reco
+    if pid_logits is not None:
+        logits = jnp.where(masked[..., None], _f32(pid_logits), 0.0)
+        ce, correct = _cross_entropy_terms(logits, pid_target, label_smoothing)
+        pid_ce = _masked_mean(ce, masked)
+        metrics["pid_cross_entropy"] = pid_ce
+        metrics["pid_accuracy"] = _masked_mean(correct.astype(jnp.float32), masked)
+        total = total + pid_weight * pid_ce
+    metrics["total"] = total
+    return total, metrics
+
+
+def kl_divergence(mu, logvar):
+    """Per-jet KL(N(mu, exp(logvar)) || N(0, 1)) averaged over latent dimensions (the reference's
+    convention, PART_SPEC.md §7.3): -0.5 mean_c(1 + logvar - mu^2 - exp(logvar)). Shape (B,).
+    Also CLIP-VAE's anomaly score."""
+    mu, logvar = _f32(mu), _f32(logvar)
+    return -0.5 * jnp.mean(1.0 + logvar - mu * mu - jnp.exp(logvar), axis=-1)
+
+
+def chamfer_reconstruction(recon, target, mask, r0=0.1):
+    """Per-jet pT-weighted symmetric Chamfer distance of CLIP-VAE (PART_SPEC.md §7.3). Shape (B,).
+
+    recon, target (B, P, 3) hold (10 pT/pT_jet, deta, dphi); mask (B, P) marks real particles of the
+    target, and the same slots of the reconstruction are compared (the reference decodes one output
+    per input slot). With d(a, k) = (pT_a - pT^_k)^2 + pT_a^2 [(eta_a - eta^_k)^2 + (phi_a - phi^_k)^2] / r0^2
+    (angles weighted by the *true* particle's pT^2), for a jet with n real particles:
+        L = 1/(2n) [sum_k min_a d(a, k) + sum_a min_k d(a, k)],  a, k over real slots only.
+    A jet without real particles gives 0.
+    """
+    mask = jnp.asarray(mask, bool)
+    x = jnp.where(mask[..., None], _f32(target), 0.0)[:, :, None, :]
+    y = jnp.where(mask[..., None], _f32(recon), 0.0)[:, None, :, :]
+    angular = jnp.sum((x[..., 1:3] - y[..., 1:3]) ** 2, axis=-1) / r0 ** 2
+    dist = (x[..., 0] - y[..., 0]) ** 2 + x[..., 0] ** 2 * angular  # (B, P_target, P_recon)
+    dist = jnp.where(mask[:, :, None] & mask[:, None, :], dist, jnp.inf)
+    nearest_true = jnp.where(mask, jnp.min(dist, axis=1), 0.0)  # each reconstructed particle
+    nearest_recon = jnp.where(mask, jnp.min(dist, axis=2), 0.0)  # each true particle
+    n_real = jnp.maximum(jnp.sum(mask, axis=1), 1)
+    return 0.5 * jnp.sum(nearest_true + nearest_recon, axis=1) / n_real
+
+
+def vae(recon, target, mask, mu, logvar, beta=0.08, clip_fraction=0.75, r0=0.1):
+    """CLIP-VAE objective (PART_SPEC.md §7.3): mean_batch(L_reco) + beta * mean_S(L_KL).
+
+    L_reco is `chamfer_reconstruction(recon, target, mask, r0)` and L_KL `kl_divergence(mu, logvar)`,
+    both per jet. S holds the max(1, int(clip_fraction * B)) jets with the smallest L_reco (the
+    reference's "clipped" KL, chosen without gradient; clip_fraction = 1 is the plain mean).
+    Jets without real particles have L_reco = 0 (the reference never sees them: it requires > 1 particle).
+    Metrics: `reco`, `kl` (mean over the batch), `kl_kept` (mean over S), `total`.
+    """
+    if not 0.0 < clip_fraction <= 1.0:
+        raise ValueError(f"vae: clip_fraction must be in (0, 1], got {clip_fraction}")
+    reco = chamfer_reconstruction(recon, target, mask, r0)
+    kl = kl_divergence(mu, logvar)
+    n_kept = max(1, int(clip_fraction * reco.shape[0]))
+    kept = jnp.argsort(jax.lax.stop_gradient(reco))[:n_kept]
+    kl_kept = jnp.mean(kl[kept])
+    reco_mean = jnp.mean(reco)
+    total = reco_mean + beta * kl_kept
+    return total, {"reco": reco_mean, "kl": jnp.mean(kl), "kl_kept": kl_kept, "total": total}
