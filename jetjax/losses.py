@@ -73,6 +73,9 @@ def supcon(z_views, labels=None, temperature=0.07, base_temperature=0.07):
                          f"{z_views.shape}: pass labels or stack augmented views on axis 1")
     if n_jets * n_views < 2:
         raise ValueError(f"supcon needs at least 2 vectors to contrast, got z_views of shape {z_views.shape}")
+    if labels is not None and jnp.shape(labels) != (n_jets,):
+        raise ValueError(f"supcon: labels of shape {jnp.shape(labels)} for z_views of shape {z_views.shape}; "
+                         f"expected ({n_jets},), one label per jet")
     ids = jnp.arange(n_jets) if labels is None else jnp.asarray(labels)
     # view-major contrast set: view 0 of every jet, then view 1, ... (order does not change the loss)
     z = _l2_normalise(_f32(z_views)).transpose(1, 0, 2).reshape(n_jets * n_views, -1)
