@@ -82,11 +82,12 @@ def supcon(z_views, labels=None, temperature=0.07, base_temperature=0.07):
     ids = jnp.tile(ids, n_views)
     sim = jnp.matmul(z, z.T, precision=jax.lax.Precision.HIGHEST) / temperature
     is_self = jnp.eye(len(z), dtype=bool)
-    log_prob = sim - jax.nn.logsumexp(jnp.where(is_self, -jnp.inf, sim), axis=1, keepdims=True)
+    sim_others = jnp.where(is_self, -jnp.inf, sim)  # the contrast set {b != a}
+    log_prob = sim - jax.nn.logsumexp(sim_others, axis=1, keepdims=True)
     positive = (ids[:, None] == ids[None, :]) & ~is_self
     per_anchor = -(temperature / base_temperature) * _masked_mean(log_prob, positive, axis=1)
     loss = jnp.mean(per_anchor)
-    nearest = jnp.argmax(jnp.where(is_self, -jnp.inf, sim), axis=1)
+    nearest = jnp.argmax(sim_others, axis=1)
     top1 = jnp.take_along_axis(positive, nearest[:, None], axis=1)[:, 0]
     return loss, {
         "contrastive": loss,
