@@ -1,6 +1,6 @@
 """The representation-learning study on jets simulated locally with Pythia 8 + FastJet (no download).
 
-Make the data set first (about 2-8 jets per CPU second per class, see README):
+Make the data set first (about 3 (di-tau classes) to 40 jets per CPU second per class, see README):
     pip install -e ".[sim]"
     python -m jetjax.data.simulate --out data/jetclass2_sim --jets-per-class 10000 --seed 0 --workers 8
 then run the study on it:

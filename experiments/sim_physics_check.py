@@ -48,7 +48,7 @@ def mean_abs_d0(jets, rows):
 def report(jets, summary):
     label = np.asarray(jets["jet_label"])
     sdmass = np.asarray(jets["jet_sdmass"])
-    x_mass = np.asarray([m[0] for m in jets["aux_genpart_mass"]])
+    x_mass = np.asarray([m[0] if m else np.nan for m in jets["aux_genpart_mass"]])  # QCD jets may have none
     rows = {c: np.flatnonzero(label == n) for c, n in sim.CLASS_LABELS.items()}
     rows["QCD"] = np.flatnonzero(label >= 161)
     rows["top"] = np.concatenate([rows["qqb"], rows["bcs"]])
@@ -58,6 +58,8 @@ def report(jets, summary):
     print(f"top (qqb+bcs) soft-drop mass: peak {histogram_peak(top, 0, 300, 10):.0f} GeV (10 GeV bins), "
           f"median in 120-220 GeV {np.median(top[(top > 120) & (top < 220)]):.1f} GeV, "
           f"fraction in 140-200 GeV {np.mean((top > 140) & (top < 200)):.2f}   [expect peak near 173]")
+    print("generated X mass of X->bb jets, 10/50/90% quantiles (GeV):",
+          np.round(np.quantile(x_mass[rows["bb"]], [0.1, 0.5, 0.9])).tolist())
     for c in ("bb", "qq"):
         ratio = sdmass[rows[c]] / x_mass[rows[c]]
         print(f"X->{c}: soft-drop mass / generated X mass: peak {histogram_peak(ratio, 0, 1.5, 0.05):.3f}, "

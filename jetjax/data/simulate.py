@@ -110,8 +110,9 @@ CHANNELS = {
     "QCD": (_ZJET, ("QCD",), PTHAT_MIN_FRACTION),
 }
 """Channel -> (Pythia process settings, the classes its jets can be, pTHatMin / jet pT_min). A di-tau jet
-carries only the taus' visible pT, so it passes the jet pT cut only when X's pT (the pTHat) does: pTHatMin =
-pT_min loses (almost) nothing there and halves the CPU time."""
+carries only the taus' visible pT, so it rarely passes the jet pT cut unless X's pT (the pTHat) does:
+pTHatMin = pT_min halves the CPU time and loses about 3% of the di-tau jets (measured with 0.8 pT_min:
+5 of 150 tau_h tau_h jets came from X pT < pT_min, all near the threshold, pushed up by radiation)."""
 
 _F32 = pa.list_(pa.field("item", pa.float32(), nullable=False))
 _I32 = pa.list_(pa.field("item", pa.int32(), nullable=False))
@@ -127,12 +128,11 @@ _GENPART = [(f"genpart_{k}", _F32) for k in ("px", "py", "pz", "energy", "jet_de
                                                "t")] + [("genpart_pid", _I32)]
 _GENJET = [(f"genjet_{k}", pa.float32()) for k in ("pt", "eta", "phi", "energy", "sdmass")] + [
     ("genjet_nparticles", pa.int32())]
+AUX_FLAGS = ("isResX", "isResY", "isResDecayProd", "isTauDecayProd", "isQcdParton")
 _AUX = [(f"aux_genpart_{k}", _F32) for k in ("pt", "eta", "phi", "mass")] + [("aux_genpart_pid", _I32)] + [
-    (f"aux_genpart_{k}", _BOOL) for k in ("isResX", "isResY", "isResDecayProd", "isTauDecayProd",
-                                          "isQcdParton")]
+    (f"aux_genpart_{k}", _BOOL) for k in AUX_FLAGS]
 PARQUET_SCHEMA = pa.schema([pa.field(n, t, nullable=False) for n, t in _PART + _JET + _GENPART + _GENJET + _AUX])
 """Columns and dtypes of the JetClass-II parquet files, in their order."""
-AUX_FLAGS = ("isResX", "isResY", "isResDecayProd", "isTauDecayProd", "isQcdParton")
 
 
 def _import_generators():
@@ -220,7 +220,7 @@ def _is_neutrino(particle):
 
 
 def _visible_tau(event, tau):
-    """Decay mode ('e', 'mu' or 'h'), visible (pt, eta, phi, mass) and daughters of a tau's decaying copy."""
+    """Decay mode ("e", "mu" or "h"), visible four-vector and daughters of a tau's decaying copy."""
     daughters = _daughters(event, tau)
     ids = {d.idAbs() for d in daughters}
     mode = "e" if 11 in ids else "mu" if 13 in ids else "h"
