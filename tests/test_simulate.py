@@ -177,6 +177,7 @@ def test_same_seed_same_bytes_whatever_the_workers_and_resume_writes_only_missin
     assert not pq.read_table(c / files[0]).equals(pq.read_table(a / files[0]))
     removed = a / files[1]
     removed.unlink()
+    removed.with_name(removed.name + ".tmp999").write_bytes(b"half a file from an interrupted run")
     kept_time = (a / files[0]).stat().st_mtime_ns
     summary = sim.simulate(a, 3, seed=5, classes=("qqb",), progress=False)
     assert (summary["written"], summary["skipped"]) == (1, 2)

@@ -535,6 +535,8 @@ def simulate_file(task, on_jet=None):
         stats.update({f"{channel}/{k}": v for k, v in channel_stats.items()})
     rows = [rows[i] for i in rng.permutation(len(rows))]
     task.path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in task.path.parent.glob(f"{task.path.name}.tmp*"):  # left by an interrupted run
+        stale.unlink()
     temporary = task.path.with_name(f"{task.path.name}.tmp{os.getpid()}")
     pq.write_table(to_table(rows), temporary)
     os.replace(temporary, task.path)
