@@ -397,7 +397,7 @@ def jet_columns(fastjet, particles, rng):
 
 
 def aux_columns(aux):
-    """The `aux_genpart_*` lists of one jet from (particle, flag) pairs."""
+    """The `aux_genpart_*` lists of one jet from ((pt, eta, phi, mass, pid), flag name) pairs."""
     columns = {f"aux_genpart_{k}": [p[i] for p, _ in aux] for i, k in enumerate(("pt", "eta", "phi", "mass",
                                                                                   "pid"))}
     for flag in AUX_FLAGS:
