@@ -590,7 +590,7 @@ def _simulate_in_pool(tasks, workers, bar):
     context = multiprocessing.get_context("spawn")
     with context.Manager() as manager, context.Pool(workers) as pool:
         jets_done = manager.Queue()
-        results = pool.map_async(functools.partial(simulate_file, on_jet=jets_done.put), tasks)
+        results = pool.map_async(functools.partial(simulate_file, on_jet=jets_done.put), tasks, chunksize=1)
         while not (results.ready() and jets_done.empty()):
             try:
                 bar.update(jets_done.get(timeout=0.2))
