@@ -57,28 +57,28 @@ def timed(step, state, steps):
 def bench_case(variant, batch, dtype, mode, steps):
     model = ParT(**VARIANTS[variant], dtype=jnp.dtype(dtype))
     variables = model.init(jax.random.key(0), batch["features"][:2], batch["vectors"][:2], batch["mask"][:2])
-    inputs = (batch["features"], batch["vectors"], batch["mask"])
+    inputs = jax.device_put((batch["features"], batch["vectors"], batch["mask"]))
+    labels = jax.device_put(batch["label"])
     if mode == "inference":
-        fn = jax.jit(lambda v, *x: model.apply(v, *x)["logits"])
-        compile_s, step_s = timed(lambda _: fn(variables, *inputs), None, steps)
+        fn = jax.jit(lambda v, x: model.apply(v, *x)["logits"])
+        compile_s, step_s = timed(lambda _: fn(variables, inputs), None, steps)
     else:
         tx = optax.adamw(1e-4)
         opt_state = tx.init(variables["params"])
 
-        def train_step(params, stats, opt_state, key):
+        def train_step(params, stats, opt_state, key, inputs, labels):
             def loss_fn(p):
                 out, new = model.apply({"params": p, **stats}, *inputs, train=True, rngs={"dropout": key},
                                        mutable=["batch_stats"])
-                labels = jax.nn.one_hot(batch["label"], out["logits"].shape[-1])
-                return optax.softmax_cross_entropy(out["logits"], labels).mean(), new
+                one_hot = jax.nn.one_hot(labels, out["logits"].shape[-1])
+                return optax.softmax_cross_entropy(out["logits"], one_hot).mean(), new
             (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
             updates, opt_state = tx.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_stats, opt_state, key
+            return optax.apply_updates(params, updates), new_stats, opt_state, jax.random.split(key)[0]
 
         fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
-        stats = {"batch_stats": variables["batch_stats"]}
-        compile_s, step_s = timed(lambda state: fn(*state), (variables["params"], stats, opt_state,
-                                                              jax.random.key(1)), steps)
+        state = (variables["params"], {"batch_stats": variables["batch_stats"]}, opt_state, jax.random.key(1))
+        compile_s, step_s = timed(lambda state: fn(*state, inputs, labels), state, steps)
     return compile_s, step_s
 
 
