@@ -1,8 +1,9 @@
 """Heads attached to the ParT jet representation z."""
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+from jetjax.models.layers import Block, torch_linear_init
 
 
 class Classifier(nn.Module):
@@ -23,3 +24,92 @@ class Classifier(nn.Module):
         elif self.kind != "linear":
             raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_linear_init, name="out")(z)
+
+
+class ProjectionHead(nn.Module):
+    """Contrastive projection: Dense -> ReLU -> Dense (the JetCLR / SupCon heads, PART_SPEC §4.8, §5).
+    The loss normalises the output."""
+
+    hidden: int = 128
+    features: int = 128
+
+    @nn.compact
+    def __call__(self, z):
+        z = nn.relu(nn.Dense(self.hidden, kernel_init=torch_linear_init, name="hidden")(z))
+        return nn.Dense(self.features, kernel_init=torch_linear_init, name="out")(z)
+
+
+def sinusoidal_positions(slots, width):
+    """Fixed sinusoidal encoding of the slot index (slots, width)."""
+    position = jnp.arange(slots, dtype=jnp.float32)[:, None]
+    frequency = jnp.exp(-jnp.log(10000.0) * jnp.arange(0, width, 2, dtype=jnp.float32) / width)
+    angles = position * frequency
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)[:, :width]
+
+
+class MaskedParticleDecoder(nn.Module):
+    """MPM decoder (MAE variant, PART_SPEC §6.2, §6.5).
+
+    Encoder tokens of visible particles are projected to the decoder width; the k-th masked particle of a
+    jet (in slot order, i.e. pT order) receives the learned null token T[k], which is how the decoder knows
+    which particle to reconstruct. A few ParT blocks without pair bias run over all real slots, then linear
+    heads predict the masked particles' features and (optionally) their 8-class particle ID.
+    """
+
+    num_features: int
+    width: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_pid_classes: int = 8
+
+    @nn.compact
+    def __call__(self, tokens, mask, masked, train: bool = False):
+        slots = tokens.shape[1]
+        null_tokens = self.param("null_tokens", nn.initializers.normal(1e-3), (slots, self.width))
+        order = jnp.clip(jnp.cumsum(masked, axis=1) - 1, 0, slots - 1)
+        x = nn.Dense(self.width, kernel_init=torch_linear_init, name="project")(tokens)
+        x = jnp.where(masked[..., None], null_tokens[order], x)
+        x = jnp.where(mask[..., None], x, 0.0)
+        for i in range(self.num_layers):
+            x = Block(self.num_heads, "gelu", 4.0, 0.0, 0.0, 0.0, 0.0, None, jnp.float32, name=f"blocks_{i}")(
+                x, mask, train=train)
+        x = nn.LayerNorm(epsilon=1e-5, name="norm")(x)
+        out = {"features": nn.Dense(self.num_features, kernel_init=torch_linear_init, name="features")(x)}
+        if self.num_pid_classes:
+            out["pid_logits"] = nn.Dense(self.num_pid_classes, kernel_init=torch_linear_init, name="pid")(x)
+        return out
+
+
+class VAEHead(nn.Module):
+    """CLIP-VAE on the jet representation (PART_SPEC §7.2, §7.4): mu, log sigma^2 = Dense(z); a latent sample
+    (noise scaled by `noise_scale`, the KL warm-up weight) is decoded into one particle per slot.
+
+    The decoder broadcasts Dense(latent) to every slot, adds a sinusoidal slot encoding, and runs ParT
+    blocks with self-attention over the real slots. The reference's cross-attention to the latent has a
+    single key, so its softmax is 1 and it reduces exactly to adding a linear map of the latent, which is
+    what each layer does here. Output per slot: (10 pT/pT_jet, deta, dphi), the first channel exponentiated.
+    """
+
+    latent: int = 16
+    width: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+
+    @nn.compact
+    def __call__(self, z, mask, noise_key=None, noise_scale=1.0, train: bool = False):
+        mu = nn.Dense(self.latent, kernel_init=torch_linear_init, name="mu")(z)
+        logvar = nn.Dense(self.latent, kernel_init=torch_linear_init, name="logvar")(z)
+        latent = mu
+        if noise_key is not None:
+            latent = mu + jnp.exp(0.5 * logvar) * jax.random.normal(noise_key, mu.shape) * noise_scale
+        slots = mask.shape[1]
+        x = nn.Dense(self.width, kernel_init=torch_linear_init, name="expand")(latent)[:, None, :]
+        x = x + sinusoidal_positions(slots, self.width)[None]
+        for i in range(self.num_layers):
+            x = x + nn.Dense(self.width, kernel_init=torch_linear_init, name=f"latent_{i}")(latent)[:, None, :]
+            x = Block(self.num_heads, "gelu", 1.0, 0.0, 0.0, 0.0, 0.0, None, jnp.float32, name=f"blocks_{i}")(
+                x, mask, train=train)
+        x = nn.leaky_relu(nn.Dense(self.width, kernel_init=torch_linear_init, name="out_hidden")(x))
+        out = nn.Dense(3, kernel_init=torch_linear_init, name="out")(x)
+        recon = jnp.concatenate([jnp.exp(jnp.clip(out[..., :1], -20.0, 10.0)), out[..., 1:]], axis=-1)
+        return {"recon": jnp.where(mask[..., None], recon, 0.0), "mu": mu, "logvar": logvar}
