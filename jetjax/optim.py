@@ -116,18 +116,20 @@ def decoupled_weight_decay(learning_rate, rate, mask):
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def muon_with_adamw(muon_lr, adam_lr, weight_decay, b1, b2, eps, muon_momentum, muon_nesterov, muon_ns_steps,
-         muon_weight_decay, muon_embedding):
-    """optax.contrib.muon with the explicit ParT partition and every trap of its defaults closed (§8.4):
-    the Adam branch gets its own learning rate (never Muon's), AdamW's betas and eps, and masked decay."""
+def muon_with_adamw(muon_lr, adam_lr, *, weight_decay, b1, b2, eps, momentum, nesterov, ns_steps,
+                    muon_weight_decay, muon_embedding):
+    """optax.contrib.muon with the explicit ParT partition and the traps of its defaults closed (PART_SPEC
+    §8.4): the Adam branch gets its own learning rate (never Muon's), AdamW's betas and eps, and its weight
+    decay on kernels only (optax would decay every Adam leaf, biases and norms included, so it runs with
+    adam_weight_decay=0 and the masked decay follows it)."""
     def adam_kernels(params):
-        muon_leaves = muon_labels(params, muon_embedding)
-        return jax.tree.map(lambda decay, label: decay and label == "adam", weight_decay_mask(params), muon_leaves)
+        return jax.tree.map(lambda decay, label: decay and label == "adam", weight_decay_mask(params),
+                            muon_labels(params, muon_embedding))
 
     return optax.chain(
         optax.contrib.muon(
-            muon_lr, ns_steps=muon_ns_steps, beta=muon_momentum, eps=eps, weight_decay=muon_weight_decay,
-            nesterov=muon_nesterov, adam_b1=b1, adam_b2=b2, adam_weight_decay=0.0, adam_learning_rate=adam_lr,
+            muon_lr, ns_steps=ns_steps, beta=momentum, eps=eps, weight_decay=muon_weight_decay,
+            nesterov=nesterov, adam_b1=b1, adam_b2=b2, adam_weight_decay=0.0, adam_learning_rate=adam_lr,
             muon_weight_dimension_numbers=muon_dimension_numbers(muon_embedding)),
         decoupled_weight_decay(adam_lr, weight_decay, adam_kernels))
 
@@ -137,16 +139,20 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
                    muon_learning_rate=0.02, muon_momentum=0.95, muon_nesterov=True, muon_ns_steps=5,
                    muon_weight_decay=0.0, muon_embedding=False,
                    trainable: Optional[Callable[[tuple], bool]] = None) -> optax.GradientTransformation:
-    """The training optimizer: global-norm clipping (clip_norm=None: off), then AdamW or Muon.
+    """The training optimizer: global-norm clipping of the trainable gradients (clip_norm=None: off), then
+    AdamW or Muon, learning rates following `make_schedule(schedule, ..., total_steps, warmup_steps, end_factor)`.
 
-    adamw: optax.adamw(schedule(learning_rate), b1, b2, eps), decoupled weight decay on kernels only.
-    muon:  optax.contrib.muon on the blocks' hidden matrices with schedule(muon_learning_rate), momentum 0.95,
-           Nesterov, 5 Newton-Schulz steps, decay muon_weight_decay (Keller Jordan's defaults, PART_SPEC §8.4);
-           every other parameter gets AdamW with schedule(learning_rate), b1, b2, eps and weight_decay on its
-           kernels, as in the adamw optimizer. optax shares `muon_nesterov` with that branch (NAdamW when on).
-    Both learning rates follow the same schedule shape (`make_schedule`). `trainable(names)` (the path's
-    dictionary keys) marks the parameters that train; the others get zero updates and are left out of the
-    clipping norm, e.g. `trainable=is_head` for a linear probe on a frozen encoder.
+    adamw: optax.adamw(learning_rate, b1, b2, eps) with decoupled weight decay on kernels only (PART_SPEC
+           §2.12). Defaults: the study's lr 1e-4 and clipping 1.0, PyTorch's AdamW betas/eps and weight decay
+           0.01 (also ParT's fine-tuning recipe, §3.4).
+    muon:  optax.contrib.muon on the blocks' hidden matrices (`is_muon_matrix`) with muon_learning_rate 0.02,
+           momentum 0.95, Nesterov, 5 Newton-Schulz steps and muon_weight_decay 0 (Keller Jordan's defaults,
+           §8.4; decay there is lr * wd per step); every other parameter gets exactly the adamw optimizer
+           above (learning_rate, b1, b2, eps, weight_decay on kernels), except that optax shares
+           `muon_nesterov` with it (NAdamW when on). `muon_embedding` adds the embedding's hidden matrices.
+    `trainable(names)`, given a parameter path's dictionary keys, marks what trains; the other parameters
+    get zero updates, hold no optimizer state and are left out of the clipping norm: `trainable=is_head`
+    is the linear probe on a frozen encoder.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
@@ -160,13 +166,15 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
         update = optax.adamw(scheduled(learning_rate), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                              mask=weight_decay_mask)
     else:
-        update = muon_with_adamw(scheduled(muon_learning_rate), scheduled(learning_rate), weight_decay, b1, b2, eps,
-                      muon_momentum, muon_nesterov, muon_ns_steps, muon_weight_decay, muon_embedding)
+        update = muon_with_adamw(
+            scheduled(muon_learning_rate), scheduled(learning_rate), weight_decay=weight_decay, b1=b1, b2=b2,
+            eps=eps, momentum=muon_momentum, nesterov=muon_nesterov, ns_steps=muon_ns_steps,
+            muon_weight_decay=muon_weight_decay, muon_embedding=muon_embedding)
     if clip_norm is not None:
         update = optax.chain(optax.clip_by_global_norm(clip_norm), update)
     if trainable is None:
         return update
-    return optax.multi_transform(
+    return optax.partition(
         {"train": update, "freeze": optax.set_to_zero()},
         lambda params: jax.tree_util.tree_map_with_path(
             lambda path, _: "train" if trainable(path_names(path)) else "freeze", params))

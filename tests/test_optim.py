@@ -180,7 +180,7 @@ def train(variables, tx, steps, jets):
 def test_training_lowers_the_loss(variables, settings):
     _, losses = train(variables, optim.make_optimizer(100, warmup_steps=10, **settings), 100, labelled_jets())
     assert np.all(np.isfinite(losses))
-    assert losses[-5:].mean() < 0.5 * losses[:5].mean(), losses
+    assert losses[-5:].mean() < 0.3 * losses[:5].mean(), losses
 
 
 def test_frozen_encoder_stays_bit_identical(variables):
