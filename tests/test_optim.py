@@ -183,8 +183,9 @@ def test_training_lowers_the_loss(variables, settings):
     assert losses[-5:].mean() < 0.3 * losses[:5].mean(), losses
 
 
-def test_frozen_encoder_stays_bit_identical(variables):
-    tx = optim.make_optimizer(10, learning_rate=1e-2, schedule="constant", trainable=optim.is_head)
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_frozen_encoder_stays_bit_identical(variables, name):
+    tx = optim.make_optimizer(10, name=name, learning_rate=1e-2, schedule="constant", trainable=optim.is_head)
     params, _ = train(variables, tx, 3, labelled_jets())
     before = jax.tree_util.tree_flatten_with_path(variables["params"])[0]
     after = jax.tree.leaves(params)
