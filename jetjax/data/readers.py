@@ -1,0 +1,278 @@
+"""Read jets from JetClass-II parquet / ROOT files and JetClass v1 ROOT files, chunk by chunk.
+
+A chunk (`JetChunk`) holds the needed columns of a range of rows as flat numpy arrays: jagged particle
+columns flattened with per-jet `counts`, jet columns, and the raw label (JetClass-II `jet_label`, or the
+index of the hot JetClass v1 `label_*` branch; -1 when no branch is hot). Only the requested columns
+are read, and never a whole file at once (parquet: record batches; ROOT: uproot iterate).
+
+File discovery from a root folder (`discover_files`):
+- split folders if present: `root/{train,val,test}/` or JetClass v1's `train_100M/ val_5M/ test_20M/`;
+- otherwise flat JetClass-II names `{Res2P,Res34P,QCD}_NNNN.parquet|root`, split by file index
+  (`JETCLASS2_SPLIT_RANGES`, data/README.md);
+- an explicit list of files or glob patterns overrides discovery.
+Files are grouped by name prefix (the text before `_NNNN`), which `classes.JetClass.file_group` names.
+"""
+import glob
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
+JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
+LABEL_COLUMN = "jet_label"
+FORMATS = (".parquet", ".root")
+ROOT_TREE = "tree"
+
+SPLIT_FOLDERS = {"train": ("train", "train_100M"), "val": ("val", "val_5M"), "test": ("test", "test_20M")}
+JETCLASS2_SPLIT_RANGES = {
+    "Res2P": {"train": (0, 199), "val": (200, 249), "test": (250, 299)},
+    "Res34P": {"train": (0, 859), "val": (860, 1074), "test": (1075, 1289)},
+    "QCD": {"train": (0, 279), "val": (280, 349), "test": (350, 419)},
+}
+"""JetClass-II file-index ranges (inclusive) of each split, per file group."""
+_NUMBERED = re.compile(r"^(?P<group>.+?)_(?P<index>\d+)$")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file and what is wrong."""
+
+
+@dataclass
+class DataReport:
+    """What the data stage excluded, repaired, dropped or skipped. Printable; `as_dict()` for JSON."""
+    counts: Counter = field(default_factory=Counter)
+    excluded_labels: Counter = field(default_factory=Counter)
+    skipped_files: list = field(default_factory=list)
+
+    def count(self, what, n=1):
+        if n:
+            self.counts[what] += int(n)
+
+    def exclude(self, raw_labels):
+        """Count jets whose raw label belongs to no class of the task."""
+        labels, n = np.unique(raw_labels, return_counts=True)
+        self.excluded_labels.update({int(k): int(v) for k, v in zip(labels, n)})
+
+    def skip_file(self, path, reason):
+        self.skipped_files.append((str(path), str(reason)))
+
+    def as_dict(self):
+        return {"counts": dict(sorted(self.counts.items())),
+                "excluded_labels": {str(k): v for k, v in sorted(self.excluded_labels.items())},
+                "excluded_jets": sum(self.excluded_labels.values()),
+                "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files]}
+
+    def __str__(self):
+        d = self.as_dict()
+        lines = ["data report:"] + [f"  {k}: {v}" for k, v in d["counts"].items()]
+        lines.append(f"  excluded jets (labels outside the task): {d['excluded_jets']}"
+                     + (f" by label {d['excluded_labels']}" if d["excluded_labels"] else ""))
+        lines += [f"  skipped file {p}: {r}" for p, r in self.skipped_files]
+        return "\n".join(lines)
+
+
+@dataclass
+class JetChunk:
+    """Rows of one file: flat particle columns (`counts` particles per jet), jet columns, raw labels."""
+    source: str
+    counts: np.ndarray
+    particles: dict
+    jets: dict
+    raw_label: np.ndarray
+
+    def __len__(self):
+        return len(self.counts)
+
+    def offsets(self):
+        return np.concatenate([[0], np.cumsum(self.counts)])
+
+    def particle_vectors(self):
+        """(N, 4) px, py, pz, E of all particles."""
+        return np.stack([self.particles[c] for c in PARTICLE_VECTOR_COLUMNS], axis=-1)
+
+    def take(self, rows):
+        """The jets at positions `rows` (in that order) with their particles."""
+        rows = np.asarray(rows, np.int64)
+        counts = self.counts[rows]
+        starts = self.offsets()[rows]
+        index = np.repeat(starts - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts) + np.arange(counts.sum())
+        return JetChunk(self.source, counts, {k: v[index] for k, v in self.particles.items()},
+                        {k: v[rows] for k, v in self.jets.items()}, self.raw_label[rows])
+
+    def filter_particles(self, keep):
+        """Keep the particles where `keep` (flat boolean) is true."""
+        jet_index = np.repeat(np.arange(len(self.counts)), self.counts)
+        counts = np.bincount(jet_index[keep], minlength=len(self.counts))
+        return JetChunk(self.source, counts, {k: v[keep] for k, v in self.particles.items()}, self.jets,
+                        self.raw_label)
+
+    def permute_particles(self, order):
+        """Reorder the flat particles (an order that keeps each jet's particles in its own range)."""
+        return JetChunk(self.source, self.counts, {k: v[order] for k, v in self.particles.items()}, self.jets,
+                        self.raw_label)
+
+    def select_particle_columns(self, columns):
+        return JetChunk(self.source, self.counts, {k: self.particles[k] for k in columns}, self.jets,
+                        self.raw_label)
+
+
+def needed_columns(particle_columns, label_branches=()):
+    """Columns to read: the particle columns, the jet four-vector columns, and the label column(s)."""
+    return tuple(particle_columns) + JET_COLUMNS + (tuple(label_branches) or (LABEL_COLUMN,))
+
+
+def _missing_column_error(path, missing, available):
+    return DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))} needed by the data config "
+                     f"(the file has {len(available)} columns). Use files with these columns or a feature set "
+                     f"that does not need them.")
+
+
+def _raw_labels(columns, label_branches):
+    if not label_branches:
+        return np.asarray(columns[LABEL_COLUMN], np.int64)
+    onehot = np.stack([np.asarray(columns[b]) for b in label_branches], axis=-1)
+    return np.where(onehot.max(axis=-1) > 0, np.argmax(onehot, axis=-1), -1)
+
+
+def _make_chunk(path, flat, counts, columns, label_branches):
+    """JetChunk from flat particle arrays (with their per-column counts) and per-jet columns."""
+    names = list(flat)
+    for name in names[1:]:
+        if not np.array_equal(counts[name], counts[names[0]]):
+            raise DataError(f"{path}: column {name!r} has a different number of particles per jet than "
+                            f"{names[0]!r}; the file is inconsistent")
+    jets = {k: np.asarray(columns[k]) for k in JET_COLUMNS if k in columns}
+    return JetChunk(str(path), np.asarray(counts[names[0]], np.int64), flat, jets,
+                    _raw_labels(columns, label_branches))
+
+
+def read_parquet_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
+    """Yield JetChunks of a parquet file, `chunk_size` rows at a time, reading only the needed columns."""
+    import pyarrow.parquet as pq
+
+    columns = needed_columns(particle_columns, label_branches)
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types for unreadable files
+        raise DataError(f"{path}: cannot read as parquet ({error})") from error
+    available = parquet.schema_arrow.names
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise _missing_column_error(path, missing, available)
+    for record_batch in parquet.iter_batches(batch_size=chunk_size, columns=list(columns)):
+        flat, counts, scalars = {}, {}, {}
+        for name in columns:
+            array = record_batch.column(name)
+            if name in particle_columns:
+                offsets = array.offsets.to_numpy()
+                flat[name] = array.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+                counts[name] = np.diff(offsets)
+            else:
+                scalars[name] = array.to_numpy(zero_copy_only=False)
+        yield _make_chunk(path, flat, counts, scalars, label_branches)
+
+
+def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
+    """Yield JetChunks of the tree `tree` of a ROOT file, `chunk_size` entries at a time (uproot)."""
+    import awkward as ak
+    import uproot
+
+    columns = needed_columns(particle_columns, label_branches)
+    try:
+        tree = uproot.open(path)[ROOT_TREE]
+    except Exception as error:  # uproot raises several types for unreadable files
+        raise DataError(f"{path}: cannot read tree {ROOT_TREE!r} as ROOT ({error})") from error
+    available = tree.keys()
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise _missing_column_error(path, missing, available)
+    for arrays in tree.iterate(list(columns), step_size=chunk_size, library="ak"):
+        flat = {n: ak.to_numpy(ak.flatten(arrays[n])) for n in particle_columns}
+        counts = {n: ak.to_numpy(ak.num(arrays[n])) for n in particle_columns}
+        scalars = {n: ak.to_numpy(arrays[n]) for n in columns if n not in particle_columns}
+        yield _make_chunk(path, flat, counts, scalars, label_branches)
+
+
+def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
+    """JetChunks of a .parquet or .root file; read errors name the file."""
+    readers = {".parquet": read_parquet_chunks, ".root": read_root_chunks}
+    suffix = Path(path).suffix
+    if suffix not in readers:
+        raise DataError(f"{path}: unknown file format {suffix!r}; expected one of {FORMATS}")
+    chunks = readers[suffix](path, particle_columns, label_branches, chunk_size)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except DataError:
+            raise
+        except Exception as error:  # a corrupt page or basket deep inside the reader
+            raise DataError(f"{path}: read failed ({type(error).__name__}: {error})") from error
+        yield chunk
+
+
+def file_group(path):
+    """Name prefix before `_NNNN` (Res2P_0012.parquet -> Res2P), else the whole stem."""
+    match = _NUMBERED.match(Path(path).name.split(".")[0])
+    return match["group"] if match else Path(path).name.split(".")[0]
+
+
+def _file_index(path):
+    match = _NUMBERED.match(Path(path).name.split(".")[0])
+    return int(match["index"]) if match else None
+
+
+def _data_files(folder):
+    return sorted(p for p in Path(folder).iterdir() if p.suffix in FORMATS and p.is_file())
+
+
+def _expand(files):
+    paths = []
+    for pattern in files:
+        matches = sorted(glob.glob(str(pattern)))
+        if not matches:
+            raise FileNotFoundError(f"no file matches {pattern!r} (from the explicit file list of the data config)")
+        paths += [Path(m) for m in matches]
+    return paths
+
+
+def discover_files(root=None, split="train", files=None):
+    """Files of `split`, grouped by file group: {group: [paths sorted by name]}.
+
+    `files` (paths or glob patterns) overrides discovery; else `root` is searched as described in the
+    module docstring.
+    """
+    if split not in SPLIT_FOLDERS:
+        raise KeyError(f"unknown split {split!r}; choose one of {tuple(SPLIT_FOLDERS)}")
+    if files:
+        paths = _expand(files)
+    else:
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data root {root} is not a folder; set config.data.root to the dataset folder")
+        folders = [root / name for name in SPLIT_FOLDERS[split] if (root / name).is_dir()]
+        has_split_folders = any((root / n).is_dir() for names in SPLIT_FOLDERS.values() for n in names)
+        if folders:
+            paths = [p for folder in folders for p in _data_files(folder)]
+        elif has_split_folders:
+            paths = []
+        else:
+            paths = [p for p in _data_files(root) if _in_jetclass2_split(p, split)]
+        if not paths:
+            raise FileNotFoundError(
+                f"no {split} files under {root}: expected {'/ or '.join(SPLIT_FOLDERS[split])}/ with "
+                f"*.parquet or *.root files, or flat JetClass-II files named like Res2P_0000.parquet")
+    groups = {}
+    for path in paths:
+        groups.setdefault(file_group(path), []).append(path)
+    return groups
+
+
+def _in_jetclass2_split(path, split):
+    ranges = JETCLASS2_SPLIT_RANGES.get(file_group(path))
+    index = _file_index(path)
+    return ranges is not None and index is not None and ranges[split][0] <= index <= ranges[split][1]
