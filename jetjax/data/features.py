@@ -153,8 +153,8 @@ def jet_vectors(chunk):
     if all(k in chunk.jets for k in ("jet_pt", "jet_eta", "jet_phi", "jet_energy")):
         pt, eta, phi = (chunk.jets[k].astype(np.float64) for k in ("jet_pt", "jet_eta", "jet_phi"))
         return np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta), chunk.jets["jet_energy"]], -1)
-    return np.add.reduceat(chunk.particle_vectors().astype(np.float64), chunk.offsets()[:-1], axis=0) * (
-        chunk.counts[:, None] > 0)
+    jet_index, vectors = _particle_jet_index(chunk.counts), chunk.particle_vectors()
+    return np.stack([np.bincount(jet_index, vectors[:, i], len(chunk.counts)) for i in range(4)], axis=-1)
 
 
 def pt_order(chunk):
@@ -168,42 +168,36 @@ def pt_order(chunk):
     return np.lexsort((-pt, jet_index))
 
 
-def build_batch(chunk, labels, feature_set, num_particles, report):
-    """Padded numpy batch dict (module docstring) of the jets of a `JetChunk` with class `labels`.
-
-    Jets are sanitised, sorted by pT, truncated to the `num_particles` hardest particles, rescaled to jet
-    pT = 500 GeV and turned into features; dropped jets are counted in `report` and left out (so the batch
-    may hold fewer jets than the chunk).
-    """
-    columns = required_particle_columns(feature_set)
-    chunk = chunk.select_particle_columns(columns)
+def clean(chunk, report):
+    """Sanitise (see `sanitise`), drop unusable jets and sort each jet's particles by decreasing pT."""
     chunk = sanitise(chunk, report)
-    keep_jets = np.flatnonzero(_usable(chunk, report))
-    chunk, labels = chunk.take(keep_jets), np.asarray(labels)[keep_jets]
+    chunk = chunk.take(np.flatnonzero(_usable(chunk, report)))
     order = pt_order(chunk)
-    if order is not None:
-        chunk = chunk.permute_particles(order)
+    return chunk if order is None else chunk.permute_particles(order)
+
+
+def to_batch(chunk, labels, feature_set, num_particles, report):
+    """Padded numpy batch dict (module docstring) of the jets of a `clean` JetChunk with class `labels`:
+    the jet four-vector taken before truncation, each jet truncated to its `num_particles` hardest particles, rescaled to jet pT = 500 GeV, features
+    of `feature_set`, zero padding."""
+    jet = jet_vectors(chunk)  # before truncation: the jet of all its particles
     jet_index = _particle_jet_index(chunk.counts)
     slot = np.arange(len(jet_index)) - chunk.offsets()[jet_index]
     kept = slot < num_particles
     report.count("particles_truncated", int(np.count_nonzero(~kept)))
     chunk, jet_index, slot = chunk.filter_particles(kept), jet_index[kept], slot[kept]
-
-    jet = jet_vectors(chunk)
     scale = JET_PT_GEV / physics.pt(jet)
     jet = (jet * scale[:, None]).astype(np.float32)
     vectors = (chunk.particle_vectors() * scale[jet_index, None]).astype(np.float32)
     flat = particle_channels(feature_set, vectors, jet[jet_index], chunk.particles).astype(np.float32)
     pid = particle_id(chunk.particles["part_charge"], chunk.particles["part_isPhoton"],
                       chunk.particles["part_isElectron"], chunk.particles["part_isMuon"])
-
     n = len(chunk.counts)
-    batch = {"features": _pad(flat, jet_index, slot, n, num_particles),
-             "vectors": _pad(vectors, jet_index, slot, n, num_particles),
-             "mask": _pad(np.ones(len(slot), bool), jet_index, slot, n, num_particles),
-             "pid": _pad(pid, jet_index, slot, n, num_particles),
-             "label": labels.astype(np.int32), "jet": jet}
-    return batch
+    return {"features": _pad(flat, jet_index, slot, n, num_particles),
+            "vectors": _pad(vectors, jet_index, slot, n, num_particles),
+            "mask": _pad(np.ones(len(slot), bool), jet_index, slot, n, num_particles),
+            "pid": _pad(pid, jet_index, slot, n, num_particles),
+            "label": np.asarray(labels, np.int32), "jet": jet}
 
 
 def _usable(chunk, report):
@@ -220,8 +214,3 @@ def _pad(values, jet_index, slot, num_jets, num_particles):
     out = np.zeros((num_jets, num_particles) + values.shape[1:], values.dtype)
     out[jet_index, slot] = values
     return out
-
-
-def concatenate_batches(batches):
-    """One batch dict from several (along the jet axis)."""
-    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

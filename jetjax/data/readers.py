@@ -40,6 +40,10 @@ class DataError(ValueError):
     """Bad input data: the message names the file and what is wrong."""
 
 
+class MissingColumnError(DataError):
+    """A file lacks a column the data config needs (never skipped: the config and the data disagree)."""
+
+
 @dataclass
 class DataReport:
     """What the data stage excluded, repaired, dropped or skipped. Printable; `as_dict()` for JSON."""
@@ -114,9 +118,14 @@ class JetChunk:
         return JetChunk(self.source, self.counts, {k: v[order] for k, v in self.particles.items()}, self.jets,
                         self.raw_label)
 
-    def select_particle_columns(self, columns):
-        return JetChunk(self.source, self.counts, {k: self.particles[k] for k in columns}, self.jets,
-                        self.raw_label)
+
+def concatenate_chunks(chunks, source="mixed"):
+    """One JetChunk with the jets of several (same columns), in order."""
+    chunks = list(chunks)
+    return JetChunk(source, np.concatenate([c.counts for c in chunks]),
+                    {k: np.concatenate([c.particles[k] for c in chunks]) for k in chunks[0].particles},
+                    {k: np.concatenate([c.jets[k] for c in chunks]) for k in chunks[0].jets},
+                    np.concatenate([c.raw_label for c in chunks]))
 
 
 def needed_columns(particle_columns, label_branches=()):
@@ -125,7 +134,7 @@ def needed_columns(particle_columns, label_branches=()):
 
 
 def _missing_column_error(path, missing, available):
-    return DataError(f"{path}: missing column(s) {', '.join(map(repr, missing))} needed by the data config "
+    return MissingColumnError(f"{path}: missing column(s) {', '.join(map(repr, missing))} needed by the data config "
                      f"(the file has {len(available)} columns). Use files with these columns or a feature set "
                      f"that does not need them.")
 

@@ -1,0 +1,89 @@
+"""Config-facing data entry points, background prefetching and host -> device placement.
+
+    sampler = training_sampler(root, feature_set="kinpid", batch_size=512, epoch_size=2_000_000, seed=0)
+    for batch in prefetch(sampler.batches(epoch, start_batch)):
+        batch = to_device(batch, NamedSharding(mesh, P("data")))
+
+Every entry point takes plain values (ml_collections-friendly): `root` (dataset folder) or `files`
+(explicit paths / globs of the split, overriding discovery), `scheme` (classes.SCHEMES key), `feature_set`
+(features.FEATURE_SETS key), `num_particles` (P), `batch_size`, `skip_bad_files`, and a `report`
+(readers.DataReport, shared by the streams so one report covers the run).
+"""
+import queue
+import threading
+
+from jetjax.data.classes import get_scheme
+from jetjax.data.readers import DataReport, discover_files
+from jetjax.data.sampler import StratifiedSampler, natural_batches
+
+
+def training_sampler(root=None, split="train", feature_set="kin", num_particles=128, batch_size=256,
+                     epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
+                     buffer_size=2048, pool_size=8, chunk_size=1024, report=None):
+    """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch."""
+    return StratifiedSampler(discover_files(root, split, files), get_scheme(scheme), feature_set, num_particles,
+                             batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size, skip_bad_files,
+                             report)
+
+
+def validation_batches(root=None, num_jets=100_000, feature_set="kin", num_particles=128, batch_size=256,
+                       seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False, report=None, **sampler_args):
+    """The balanced validation sample: the training policy on the val split, always the same `num_jets`
+    jets for a given seed (epoch 0 of a sampler of epoch size `num_jets`)."""
+    sampler = training_sampler(root, "val", feature_set, num_particles, batch_size, num_jets, seed, scheme, files,
+                               skip_bad_files, report=report, **sampler_args)
+    return sampler.batches(epoch=0)
+
+
+def test_batches(root=None, feature_set="kin", num_particles=128, batch_size=256, scheme="jetclass2_7",
+                 files=None, split="test", skip_bad_files=False, report=None, chunk_size=4096):
+    """The natural stream of the split: every jet of the task once, original class frequencies."""
+    return natural_batches(discover_files(root, split, files), get_scheme(scheme), feature_set, num_particles,
+                           batch_size, chunk_size, skip_bad_files, DataReport() if report is None else report)
+
+
+_END = object()
+
+
+def prefetch(batches, size=2):
+    """Iterate `batches` in a background thread, keeping up to `size` ready; re-raises its errors here.
+    numpy releases the GIL in its heavy loops and pyarrow decodes in C, so the thread overlaps with the
+    training step."""
+    ready = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for batch in batches:
+                if stop.is_set():
+                    return
+                ready.put(batch)
+            ready.put(_END)
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put(error)
+
+    thread = threading.Thread(target=produce, daemon=True, name="jetjax-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+
+
+def to_device(batch, sharding):
+    """Place a host batch on the devices of `sharding` (e.g. NamedSharding(mesh, P('data'))); on several
+    hosts each passes its own local part of the global batch."""
+    import jax
+
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
