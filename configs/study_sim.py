@@ -20,5 +20,5 @@ def get_config():
     config.data = ml_collections.ConfigDict()
     config.data.root = "data/jetclass2_sim"   # --out of jetjax.data.simulate: holds train/, val/, test/
     config.data.format = "parquet"
-    config.data.task = "jetclass2_7class"
+    config.data.scheme = "jetclass2_7"         # jetjax.data.classes.SCHEMES: the study's 7-class task
     return config

@@ -1,4 +1,5 @@
 """Pythia 8 + FastJet simulation in the JetClass-II format: layout, schema, labels, physics columns, seeds."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -15,7 +16,9 @@ pytest.importorskip("pythia8mc", reason="the simulation needs the optional extra
 pytest.importorskip("fastjet", reason="the simulation needs the optional extra: pip install -e '.[sim]'")
 from jetjax.data import simulate as sim  # noqa: E402
 
+PROJECT = Path(__file__).resolve().parents[1]
 JETS_PER_CLASS = 10
+PER_SPLIT = {"train": 8, "val": 1, "test": 1}
 STUDY_LABELS = {0, 3, 12, 13, 14, 70, 127} | set(range(161, 188))
 
 
@@ -39,10 +42,9 @@ def test_layout_classes_and_labels(simulated):
         f"{split}/{sample}_{i:04d}.parquet" for i, split in enumerate(("train", "val", "test"))
         for sample in ("Res2P", "Res34P", "QCD"))
     assert summary == {**summary, "written": 9, "skipped": 0}
-    per_split = {"train": 8, "val": 1, "test": 1}
     labels = [r["jet_label"] for r in rows]
     assert set(labels) <= STUDY_LABELS
-    for split, n in per_split.items():
+    for split, n in PER_SPLIT.items():
         split_labels = [r["jet_label"] for r in rows if r["split"] == split]
         for label in (0, 3, 12, 13, 14, 70, 127):
             assert split_labels.count(label) == n, (split, label)
@@ -223,3 +225,35 @@ def test_importing_jetjax_does_not_need_the_generators(monkeypatch):
     monkeypatch.setitem(sys.modules, "pythia8mc", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[sim\]"'):
         sim.simulate("unused", 10)
+
+
+def _study_sim_config():
+    spec = importlib.util.spec_from_file_location("study_sim", PROJECT / "configs" / "study_sim.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_readers_and_pipeline_load_the_files_with_the_study_config(simulated):
+    from jetjax.data import classes, pipeline, readers
+
+    out = simulated[0]
+    config = _study_sim_config()
+    assert (config.mode, config.data.format) == ("study", "parquet")
+    scheme = classes.get_scheme(config.data.scheme)
+    for split, n in PER_SPLIT.items():
+        groups = readers.discover_files(out, split)
+        assert set(groups) == {"Res2P", "Res34P", "QCD"}
+        for group, paths in groups.items():
+            for path in paths:
+                for chunk in readers.read_chunks(path, readers.PARTICLE_VECTOR_COLUMNS):
+                    index = scheme.class_index(chunk.raw_label)
+                    assert np.all(index >= 0) and {scheme.classes[i].file_group for i in index} == {group}
+        report = readers.DataReport()
+        batches = list(pipeline.test_batches(out, feature_set="full", split=split, scheme=config.data.scheme,
+                                             batch_size=16, report=report))
+        labels = np.concatenate([b["label"] for b in batches])
+        expected = [2 * n if c.name == "qqb_bcs" else n for c in scheme.classes]
+        np.testing.assert_array_equal(np.bincount(labels, minlength=scheme.num_classes), expected)
+        assert all(np.isfinite(b["features"]).all() for b in batches)
+        assert not report.excluded_labels
