@@ -8,7 +8,7 @@ classes differ the way real ones do, so a small model learns them well but not p
   top -> b + W(-> 2 prongs) (m = 173, m_W = 80.4), X -> YY -> 4 prongs, QCD: one parton plus a soft or
   collinear emission (log-uniform z and angle), so its mass spectrum falls and overlaps the signals;
 - multiplicity: gluon > quark prongs; a hadronic tau gives 1 or 3 charged hadrons plus a few photons;
-- a leptonic tau gives an electron or muon carrying most of its prong's pT;
+- a leptonic tau gives an electron or muon carrying most of its prong's pT (flagged 90% of the time);
 - displacement: tracks from b (and c, tau) decays get impact parameters ~ Exp(scale) on top of the
   resolution of `simulate.impact_parameter_resolution` (also stored as the errors); light tracks are prompt;
 - soft underlying particles fill the cone; particles outside Delta R = 0.8 of the axis are removed.
@@ -55,6 +55,8 @@ DISPLACED_FRACTION = 0.7
 """Fraction of a heavy-flavour prong's tracks that come from its displaced decay."""
 LEPTON_SHARE = 0.7
 """Mean pT share of the lepton in a leptonic-tau prong."""
+LEPTON_ID_EFFICIENCY = 0.9
+"""Probability that a leptonic tau's lepton carries its flag (else it looks like a charged hadron)."""
 UNDERLYING_MEAN, UNDERLYING_PT_GEV = 4.0, 1.0
 SPECIES_P = np.array([0.62, 0.25, 0.122, 0.004, 0.004])
 """Hadronisation species probabilities: charged hadron, photon, neutral hadron, electron, muon."""
@@ -145,8 +147,10 @@ def fragment(rng, prong_pt, flavour):
     species = rng.choice(5, len(prong), p=SPECIES_P)
     f = flavour[prong]
     species = np.where(tau[prong], PHOTON, species)
-    species[first[flavour == TAU_E]] = ELECTRON
-    species[first[flavour == TAU_MU]] = MUON
+    identified = rng.uniform(size=len(flavour)) < LEPTON_ID_EFFICIENCY
+    species[first[(flavour == TAU_E) & identified]] = ELECTRON
+    species[first[(flavour == TAU_MU) & identified]] = MUON
+    species[first[(flavour >= TAU_E) & ~identified]] = CHARGED_HADRON
     three_prong = tau & (flavour == TAU_HAD) & (rng.uniform(size=len(flavour)) < 0.3)
     species[first[flavour == TAU_HAD]] = CHARGED_HADRON
     extra = first[three_prong][:, None] + np.array([1, 2])
