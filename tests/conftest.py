@@ -2,7 +2,11 @@
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from jetjax import physics
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -15,3 +19,29 @@ def shared_path(*parts):
     if not path.exists():
         pytest.skip(f"{path} not found: the real reference data lives in ../shared beside the project root")
     return path
+
+
+def toy_jets(seed=0, batch=5, slots=32, lengths=(32, 20, 9, 3, 1), num_classes=3):
+    """A batch dict of toy jets: massive particles around a random axis, real particles first in pT order,
+    zero padded, rescaled to jet pT = 500 GeV, kin features; the class sets the jet width (class k spreads
+    0.05 (k + 1)), so the label is learnable. `lengths` may be None for random multiplicities."""
+    from jetjax.data.features import kinematic_features
+
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, slots + 1, batch) if lengths is None else np.asarray(lengths)
+    label = rng.integers(0, num_classes, batch)
+    mask = np.arange(slots)[None] < lengths[:, None]
+    pt = np.sort(rng.exponential(20.0, (batch, slots)) + 0.5, axis=1)[:, ::-1]
+    width = 0.05 * (label[:, None] + 1)
+    eta = rng.uniform(-1.5, 1.5, (batch, 1)) + rng.normal(0, 1, (batch, slots)) * width
+    phi = rng.uniform(-np.pi, np.pi, (batch, 1)) + rng.normal(0, 1, (batch, slots)) * width
+    mass = rng.uniform(0.0, 0.5, (batch, slots))
+    v = np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(eta),
+                  np.sqrt((pt * np.cosh(eta)) ** 2 + mass ** 2)], -1) * mask[..., None]
+    scale = 500 / physics.pt(v.sum(1))
+    v = (v * scale[:, None, None]).astype(np.float32)
+    jet = v.sum(1)
+    return {"features": jnp.asarray(kinematic_features(v, mask, jet), jnp.float32),
+            "vectors": jnp.asarray(v), "mask": jnp.asarray(mask), "jet": jnp.asarray(jet),
+            "pid": jnp.asarray(rng.integers(0, 8, (batch, slots)) * mask, jnp.int32),
+            "label": jnp.asarray(label, jnp.int32)}

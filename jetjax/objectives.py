@@ -1,0 +1,147 @@
+"""Objectives: one small record each, so that one training engine runs them all through one code path.
+
+An objective is a flax module holding the shared ParT encoder (always the submodule named 'encoder', so a
+fine-tuning run can load it from any pretraining run) and the heads it attaches. Calling it as
+`model.apply(variables, batch, key, step=step, train=..., rngs={'dropout': ...}, mutable=['batch_stats'])`
+makes its views (augmentations or masking, from `key`), runs the encoder and heads, and returns
+`(loss, metrics, outputs)`; `outputs` holds the jet representation `z` (and `logits` for classifiers).
+
+  supervised  classifier head, cross-entropy (the ParT reference and the study's "Ours")
+  supcon      two augmented views (validation: noise/smearing only), projection head, SupCon, tau 0.07
+  jetclr      JetCLR's two views (rotation, translation, soft smearing, collinear splitting), NT-Xent, tau 0.1
+  mpm         30% of real particles removed from everything the encoder sees, decoder reconstructs them
+  clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL
+"""
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jetjax import augment, losses
+from jetjax.data.features import FEATURE_SETS, KINEMATIC_NAMES
+from jetjax.models.heads import MaskedParticleDecoder, ProjectionHead, VAEHead
+
+IDENTITY_CHANNELS = frozenset(FEATURE_SETS["kinpid"]) - frozenset(KINEMATIC_NAMES)
+"""Charge and particle-type flags: MPM predicts them as the 8-class particle ID, not by regression."""
+
+
+def encode(encoder, batch, train, mask=None):
+    return encoder(batch["features"], batch["vectors"], batch["mask"] if mask is None else mask, train=train)
+
+
+class Supervised(nn.Module):
+    encoder: nn.Module
+    label_smoothing: float = 0.0
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False):
+        out = encode(self.encoder, batch, train)
+        loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
+        return loss, metrics, {"z": out["z"], "logits": out["logits"]}
+
+
+class Contrastive(nn.Module):
+    """Views from `make_views(key, batch, train)`, encoded together (one BatchNorm batch), projected, and
+    compared with SupCon (labels used) or NT-Xent (labels ignored)."""
+
+    encoder: nn.Module
+    make_views: Callable
+    temperature: float
+    use_labels: bool
+    projection_hidden: int = 128
+    projection_features: int = 128
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False):
+        views = self.make_views(key, batch, train)
+        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *views)
+        z = encode(self.encoder, stacked, train)["z"]
+        h = ProjectionHead(self.projection_hidden, self.projection_features, name="projection")(z)
+        size = batch["mask"].shape[0]
+        h = jnp.stack(jnp.split(h, len(views), axis=0), axis=1)  # (B, V, d)
+        labels = batch["label"] if self.use_labels else None
+        loss, metrics = losses.supcon(h, labels, self.temperature, base_temperature=self.temperature)
+        return loss, metrics, {"z": z[:size]}
+
+
+def choose_masked(key, mask, fraction):
+    """floor(fraction * n) distinct real particles per jet, uniformly at random (PART_SPEC §6.1)."""
+    scores = jnp.where(mask, jax.random.uniform(key, mask.shape), 2.0)
+    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
+    n_masked = jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True)).astype(rank.dtype)
+    return mask & (rank < n_masked)
+
+
+class MaskedParticleModel(nn.Module):
+    """MPM (MAE variant): masked particles leave the encoder's mask, so they vanish from attention keys,
+    pair features and BatchNorm statistics; the decoder predicts their continuous input features (L1) and,
+    when the feature set has particle identity, their 8-class ID."""
+
+    encoder: nn.Module
+    target_channels: tuple
+    with_pid: bool
+    mask_fraction: float = 0.3
+    decoder_width: int = 64
+    decoder_layers: int = 2
+    decoder_heads: int = 4
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False):
+        masked = choose_masked(key, batch["mask"], self.mask_fraction)
+        out = encode(self.encoder, batch, train, mask=batch["mask"] & ~masked)
+        decoder = MaskedParticleDecoder(len(self.target_channels), self.decoder_width, self.decoder_layers,
+                                        self.decoder_heads, 8 if self.with_pid else 0, name="decoder")
+        pred = decoder(out["tokens"], batch["mask"], masked, train=train)
+        target = batch["features"][..., jnp.asarray(self.target_channels)]
+        loss, metrics = losses.masked_particle(
+            pred["features"], target, masked, pred.get("pid_logits"), batch["pid"] if self.with_pid else None)
+        return loss, metrics, {"z": out["z"]}
+
+
+class ClipVAE(nn.Module):
+    """CLIP-VAE on the jet representation; the latent noise is warmed up linearly over `kl_warmup_steps`."""
+
+    encoder: nn.Module
+    latent: int = 16
+    decoder_width: int = 128
+    decoder_layers: int = 2
+    decoder_heads: int = 4
+    beta: float = 0.08
+    clip_fraction: float = 0.75
+    r0: float = 0.1
+    kl_warmup_steps: int = 10_000
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False):
+        out = encode(self.encoder, batch, train)
+        noise_scale = jnp.minimum(1.0, step / max(self.kl_warmup_steps, 1))
+        head = VAEHead(self.latent, self.decoder_width, self.decoder_layers, self.decoder_heads, name="vae")
+        vae = head(out["z"], batch["mask"], key if train else None, noise_scale, train=train)
+        target = augment.vae_target(batch)
+        loss, metrics = losses.vae(vae["recon"], target, batch["mask"], vae["mu"], vae["logvar"], self.beta,
+                                   self.clip_fraction, self.r0)
+        return loss, metrics, {"z": out["z"], "mu": vae["mu"]}
+
+
+def build(name: str, encoder: nn.Module, feature_set: str = "kin", **settings: Any) -> nn.Module:
+    """The objective module `name` around `encoder`; `settings` are that objective's config fields.
+
+    The input `feature_set` ('kin', 'kinpid', 'full') decides MPM's targets: every channel but particle
+    identity is reconstructed; identity, when present, becomes the 8-class particle-ID target.
+    """
+    if name == "supervised":
+        return Supervised(encoder, **settings)
+    if name == "supcon":
+        return Contrastive(encoder, augment.supcon_views, use_labels=True, **{"temperature": 0.07, **settings})
+    if name == "jetclr":
+        return Contrastive(encoder, augment.jetclr_views, use_labels=False, **{"temperature": 0.1, **settings})
+    if name == "mpm":
+        names = FEATURE_SETS[feature_set]
+        targets = tuple(i for i, n in enumerate(names) if n not in IDENTITY_CHANNELS)
+        with_pid = any(n in IDENTITY_CHANNELS for n in names)
+        return MaskedParticleModel(encoder, targets, with_pid, **settings)
+    if name == "clipvae":
+        return ClipVAE(encoder, **settings)
+    raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); "
+                     "choose one of supervised, supcon, jetclr, mpm, clipvae")
