@@ -1,0 +1,43 @@
+"""Orbax checkpoints of a run: the latest state and the best one, each with a JSON record (epoch, data
+stream position, selection metric). All orbax calls of the project live here."""
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+    """`workdir/checkpoints/{latest,best}`, one checkpoint kept in each."""
+
+    def __init__(self, workdir):
+        root = Path(workdir).absolute() / "checkpoints"
+        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+        self.managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
+
+    def save(self, which, step, state, record):
+        """Save `state` (a pytree) and `record` (JSON-serialisable dict) as checkpoint `which` at `step`."""
+        self.managers[which].save(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record)), force=True)
+
+    def latest_step(self, which):
+        return self.managers[which].latest_step()
+
+    def restore(self, which, target):
+        """(state, record) of checkpoint `which`, restored onto the shapes and shardings of `target`
+        (a state or `jax.eval_shape` of one); None if there is none."""
+        manager = self.managers[which]
+        step = manager.latest_step()
+        if step is None:
+            return None
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
+        return restored["state"], restored["record"]
+
+    def wait(self):
+        for manager in self.managers.values():
+            manager.wait_until_finished()
+
+    def close(self):
+        for manager in self.managers.values():
+            manager.close()
