@@ -171,7 +171,9 @@ def pt_order(chunk):
 def clean(chunk, report):
     """Sanitise (see `sanitise`), drop unusable jets and sort each jet's particles by decreasing pT."""
     chunk = sanitise(chunk, report)
-    chunk = chunk.take(np.flatnonzero(_usable(chunk, report)))
+    usable = _usable(chunk, report)
+    if not usable.all():
+        chunk = chunk.take(np.flatnonzero(usable))
     order = pt_order(chunk)
     return chunk if order is None else chunk.permute_particles(order)
 

@@ -4,9 +4,10 @@ Training epochs (`StratifiedSampler.batches`): an epoch is `epoch_size` jets who
 scheme's target fractions exactly (counts by largest remainder, then a random permutation of the
 epoch's class sequence cut into batches). Each class's jets come from a shuffle buffer filled from its
 file group's stream: a pool of `pool_size` open files read chunk by chunk, a random pool member per
-chunk, rows shuffled within a chunk, files in a random order reshuffled at every pass (so a small
+chunk, files in a random order reshuffled at every pass (so a small
 dataset is oversampled, a large one is sampled without repetition within a pass). Jets of other
-classes met while filling a buffer go to their own buffers while those have room; the rest are unused.
+classes met while filling a buffer go to their own buffers while those have room (a random subset when
+they have less room than jets); the rest are unused. Draws from a buffer are uniform at random.
 
 Reproducibility and resuming: everything random in epoch `e` comes from `numpy.random.default_rng((seed,
 e))` and the streams restart at each epoch, so an epoch is a function of (seed, e). The sampler's state
@@ -24,9 +25,9 @@ from jetjax.data import features as feats
 from jetjax.data.readers import DataError, DataReport, MissingColumnError, concatenate_chunks, read_chunks
 
 
-def task_jets(chunk, scheme, report, room=None):
-    """The jets of `chunk` that belong to a class of `scheme` (others counted as excluded), at most
-    `room[k]` of class k (first in chunk order) when given, cleaned; with their class indices."""
+def task_jets(chunk, scheme, report, room=None, rng=None):
+    """The jets of `chunk` that belong to a class of `scheme` (others counted as excluded), cleaned, with
+    their class indices; with `room`, at most room[k] jets of class k, chosen at random with `rng`."""
     labels = scheme.class_index(chunk.raw_label)
     excluded = labels < 0
     if excluded.any():
@@ -34,9 +35,16 @@ def task_jets(chunk, scheme, report, room=None):
     if room is None:
         rows = np.flatnonzero(~excluded)
     else:
-        rows = np.sort(np.concatenate([np.flatnonzero(labels == k)[:max(r, 0)] for k, r in enumerate(room)]))
-    chunk = feats.clean(chunk.take(rows), report)
+        rows = np.sort(np.concatenate([_at_most(np.flatnonzero(labels == k), r, rng) for k, r in enumerate(room)]))
+    if len(rows) < len(chunk):
+        chunk = chunk.take(rows)
+    chunk = feats.clean(chunk, report)
     return chunk, scheme.class_index(chunk.raw_label)
+
+
+def _at_most(rows, n, rng):
+    n = max(n, 0)
+    return rows if len(rows) <= n else rng.choice(rows, n, replace=False)
 
 
 def iter_file_chunks(path, columns, label_branches, chunk_size, skip_bad_files, report):
@@ -73,7 +81,7 @@ class GroupStream:
             member = int(self.rng.integers(len(self.pool)))
             chunk = next(self.pool[member], None)
             if chunk is not None and len(chunk):
-                return chunk.take(self.rng.permutation(len(chunk)))
+                return chunk
             del self.pool[member]
             empty_opens += 1
             if empty_opens > 2 * len(self.files) + self.pool_size:
@@ -156,7 +164,7 @@ class StratifiedSampler:
                 raise DataError(f"the files of group {stream.group!r} hold no jets of class "
                                 f"{self.scheme.classes[needed_class].name!r}")
             room = [self.buffer_size - len(buffer) for buffer in buffers]
-            chunk, labels = task_jets(stream.next_chunk(), self.scheme, self.report, room)
+            chunk, labels = task_jets(stream.next_chunk(), self.scheme, self.report, room, stream.rng)
             for k, buffer in enumerate(buffers):
                 rows = np.flatnonzero(labels == k)
                 if len(rows):
