@@ -243,13 +243,10 @@ def jet_level_columns(vectors, counts, jet_of, labels):
     eta, phi = physics.pseudorapidity(vectors), physics.phi(vectors)
     pt = physics.pt(vectors)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    taus = []
-    for n_axes in range(1, 5):
-        distance = np.full(len(pt), np.inf)
-        for k in range(n_axes):
-            axis = np.minimum(starts + k, starts + counts - 1)[jet_of]
-            d = np.hypot(eta - eta[axis], physics.wrap_phi(phi - phi[axis]))
-            distance = np.minimum(distance, np.where(starts[jet_of] + k < starts[jet_of] + counts[jet_of], d, np.inf))
+    taus, distance = [], np.full(len(pt), np.inf)
+    for k in range(4):  # tau_N: distance to the nearest of the N hardest particles (a jet's last if fewer)
+        axis = np.minimum(starts + k, starts + counts - 1)[jet_of]
+        distance = np.minimum(distance, np.hypot(eta - eta[axis], physics.wrap_phi(phi - phi[axis])))
         taus.append(np.bincount(jet_of, weights=pt * distance, minlength=len(counts)))
     norm = np.bincount(jet_of, weights=pt, minlength=len(counts)) * JET_R
     return {"jet_pt": physics.pt(total), "jet_eta": physics.pseudorapidity(total), "jet_phi": physics.phi(total),
@@ -333,7 +330,8 @@ def write_dataset(out, jets_per_group, seed=0, jets_per_file=10000):
                 rng = np.random.default_rng((seed, g, index))
                 n = min(jets_per_file, size - start)
                 path = out / split / f"{group}_{index:04d}.parquet"
-                pq.write_table(to_table(*generate_jets(rng, group_labels(rng, group, n))), path)
+                pq.write_table(to_table(*generate_jets(rng, group_labels(rng, group, n))), path,
+                               compression="zstd", use_dictionary=False)  # as the real files
                 paths.append(path)
                 index += 1
     return paths
