@@ -4,6 +4,7 @@ import json
 
 import awkward as ak
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import uproot
@@ -143,3 +144,20 @@ def test_unreadable_file_is_named_or_skipped_and_reported(tmp_path):
     assert "QCD_0001.parquet" in str(report) and report.as_dict()["skipped_files"][0]["path"] == str(bad)
     with pytest.raises(DataError, match=r"unknown file format"):
         list(read_chunks(tmp_path / "jets.h5", ("part_px",)))
+
+
+def test_nonfinite_values_in_a_file_are_sanitised_and_counted(tmp_path):
+    table = pq.read_table(example("parquet"))
+    columns = {name: table[name].to_pylist() for name in ("part_px", "part_d0val")}
+    first, second = [i for i, l in enumerate(table["jet_label"].to_pylist()) if l in README_TASK][:2]
+    columns["part_px"][first][0] = float("nan")
+    columns["part_d0val"][second][2] = float("inf")
+    for name, values in columns.items():
+        field = table.schema.field(name)
+        table = table.set_column(table.schema.get_field_index(name), field, pa.array(values, field.type))
+    path = tmp_path / "QCD_0000.parquet"
+    pq.write_table(table, path)
+    report = DataReport()
+    (batch,) = natural_test_batches(files=[path], feature_set="full", batch_size=1000, report=report)
+    assert report.counts["particles_nonfinite_dropped"] == 1 and report.counts["values_nonfinite_zeroed"] == 1
+    assert all(np.all(np.isfinite(v)) for v in batch.values())

@@ -14,6 +14,8 @@ Conventions (PART_SPEC.md §1.2-1.4):
   so logptrel, logerel, deta, dphi and deltaR do not change, and pt_log / e_log see jets at one scale.
 Standardisation is applied to real particles only; padded slots are exactly zero.
 """
+import dataclasses
+
 import numpy as np
 
 from jetjax import physics
@@ -129,23 +131,26 @@ def _drop_particles(chunk, keep, report, reason):
 def sanitise(chunk, report):
     """Repair or drop what the model must never see, counting every change in `report`:
     non-finite four-vector components -> particle dropped; non-finite other values -> 0;
-    pT <= 0 -> particle dropped; E < |p| -> E raised to |p| (massless)."""
+    pT <= 0 -> particle dropped; E < |p| -> E raised to |p| (massless). Returns a new chunk (the
+    input's arrays, possibly read-only views of the file's buffers, are never written)."""
     vectors = chunk.particle_vectors()
     chunk = _drop_particles(chunk, np.all(np.isfinite(vectors), axis=1), report, "particles_nonfinite_dropped")
+    chunk = _drop_particles(chunk, physics.pt(chunk.particle_vectors()) > 0, report,
+                            "particles_nonpositive_pt_dropped")
+    particles = dict(chunk.particles)
     for name, values in chunk.particles.items():
         if name not in PARTICLE_VECTOR_COLUMNS and values.dtype.kind == "f":
             bad = ~np.isfinite(values)
             if bad.any():
                 report.count("values_nonfinite_zeroed", int(bad.sum()))
-                values[bad] = 0.0
-    chunk = _drop_particles(chunk, physics.pt(chunk.particle_vectors()) > 0, report, "particles_nonpositive_pt_dropped")
+                particles[name] = np.where(bad, 0, values).astype(values.dtype)
     vectors = chunk.particle_vectors()
     momentum = np.sqrt(np.sum(vectors[:, :3].astype(np.float64) ** 2, axis=1)).astype(vectors.dtype)
     low = vectors[:, 3] < momentum
     if low.any():
         report.count("particles_energy_raised_to_momentum", int(low.sum()))
-        chunk.particles["part_energy"] = np.where(low, momentum, vectors[:, 3])
-    return chunk
+        particles["part_energy"] = np.where(low, momentum, vectors[:, 3])
+    return dataclasses.replace(chunk, particles=particles)
 
 
 def jet_vectors(chunk):
@@ -180,8 +185,8 @@ def clean(chunk, report):
 
 def to_batch(chunk, labels, feature_set, num_particles, report):
     """Padded numpy batch dict (module docstring) of the jets of a `clean` JetChunk with class `labels`:
-    the jet four-vector taken before truncation, each jet truncated to its `num_particles` hardest particles, rescaled to jet pT = 500 GeV, features
-    of `feature_set`, zero padding."""
+    the jet four-vector taken before truncation, each jet truncated to its `num_particles` hardest
+    particles, rescaled to jet pT = 500 GeV, features of `feature_set`, zero padding."""
     jet = jet_vectors(chunk)  # before truncation: the jet of all its particles
     jet_index = _particle_jet_index(chunk.counts)
     slot = np.arange(len(jet_index)) - chunk.offsets()[jet_index]
