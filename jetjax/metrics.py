@@ -160,8 +160,8 @@ def true_class_scores(scores, labels):
 def micro_pairs(positives, counts):
     """Twice the number of (positive, negative) pairs ranked correctly (a tie counts one half), the
     negatives being the background jets of one class's ROC counts, positives `true_class_scores`."""
-    negatives_at_threshold = np.diff(counts.fp)
-    thresholds = counts.thresholds[1:]
+    negatives_at_threshold = np.diff(counts.fp)[::-1]
+    thresholds = counts.thresholds[:0:-1]  # ascending: searchsorted is faster on sorted needles
     below = np.searchsorted(positives, thresholds, side="left")
     at_or_below = np.searchsorted(positives, thresholds, side="right")
     return int(np.dot(negatives_at_threshold, 2 * len(positives) - below - at_or_below))
