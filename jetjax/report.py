@@ -135,7 +135,7 @@ def plot_roc_curves(results, folder, titles=None):
     return paths
 
 
-def plot_tsne(embeddings, class_names, path, max_points=5000, seed=0):
+def plot_tsne(embeddings, class_names, path, max_points=2000, seed=0):
     """t-SNE of embeddings coloured by class, one panel per run (the study's Figure 1).
 
     `embeddings` maps run name -> (features (M, D), labels (M,)); each run is subsampled to at most
