@@ -1,12 +1,23 @@
-"""Quickstart: a tiny ParT on synthetic jets of the study's 7 classes, minutes on a CPU laptop."""
-import ml_collections
+"""Quickstart: a tiny ParT trained on synthetic jets of the study's 7 classes, then evaluated on the
+natural test stream; a few minutes on a 2-core CPU, no download (the data are generated in the workdir).
+
+    python -m jetjax.main --config configs/quickstart.py [--workdir runs/quickstart]
+"""
+from configs import base
 
 
 def get_config():
-    config = ml_collections.ConfigDict()
-    config.mode = "supervised"
-    config.data = ml_collections.ConfigDict(dict(num_features=7, num_particles=64))
-    config.model = ml_collections.ConfigDict(dict(
-        num_classes=7, embed_dims=(32, 64, 32), pair_embed_dims=(16, 16), num_heads=4, num_layers=2,
-        num_cls_layers=1, dtype="float32"))
-    return config
+    c = base.get_config()
+    c.mode = "supervised"
+    c.data.synthetic_jets_per_group = 8000
+    c.data.num_particles = 48
+    c.data.epoch_size = 12_800
+    c.data.val_size = 2_560
+    c.model.update(dict(embed_dims=(32, 64, 32), pair_embed_dims=(16, 16), num_heads=4, num_layers=2,
+                        num_cls_layers=1, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0))
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.warmup_steps = 20
+    c.train.epochs = 3
+    c.train.batch_size = 128
+    c.train.log_every = 10
+    return c

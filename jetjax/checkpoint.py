@@ -22,14 +22,15 @@ class Checkpoints:
     def latest_step(self, which):
         return self.managers[which].latest_step()
 
-    def restore(self, which, target):
+    def restore(self, which, target=None):
         """(state, record) of checkpoint `which`, restored onto the shapes and shardings of `target`
-        (a state or `jax.eval_shape` of one); None if there is none."""
+        (a state or `jax.eval_shape` of one), or as saved (nested dicts of arrays) without a target;
+        None if there is none."""
         manager = self.managers[which]
         step = manager.latest_step()
         if step is None:
             return None
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
         return restored["state"], restored["record"]

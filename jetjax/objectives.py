@@ -31,12 +31,16 @@ def encode(encoder, batch, train, mask=None):
 
 
 class Supervised(nn.Module):
+    """Classifier on the encoder; `freeze_encoder` (linear probe) runs the encoder in eval mode (running
+    BatchNorm statistics, no dropout) so that training leaves it untouched."""
+
     encoder: nn.Module
     label_smoothing: float = 0.0
+    freeze_encoder: bool = False
 
     @nn.compact
     def __call__(self, batch, key, step=0, train=False):
-        out = encode(self.encoder, batch, train)
+        out = encode(self.encoder, batch, train and not self.freeze_encoder)
         loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
         return loss, metrics, {"z": out["z"], "logits": out["logits"]}
 

@@ -4,12 +4,20 @@ The state is one pytree (params, batch_stats, opt_state, step, key); a train ste
 state, batch -> state, metrics, compiled once with the state's buffers donated. Under a data mesh the batch
 arrives sharded along 'data' and the state replicated, so the same code runs on one device or many.
 """
+import json
+import signal
+from pathlib import Path
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+import tqdm
+
+from jetjax import optim, parallel
+from jetjax.checkpoint import Checkpoints
 
 
 @flax.struct.dataclass
@@ -68,3 +76,283 @@ def make_eval_step(model):
         return {**metrics, "loss": loss}, outputs
 
     return jax.jit(eval_step)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Runs: model and data from a config, the epoch loop with validation, selection, checkpoints and resume.
+
+CLASSIFIER_MODES = ("supervised", "finetune", "probe")
+MODES = CLASSIFIER_MODES + ("pretrain", "evaluate")
+
+
+def build_model(config):
+    """The objective module of a run: the classifier for supervised / finetune / probe, the config's
+    pretraining objective for pretrain."""
+    from jetjax import objectives
+    from jetjax.data.classes import get_scheme
+    from jetjax.models.part import ParT
+
+    mode = config.mode
+    if mode not in MODES:
+        raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study')")
+    classify = mode in CLASSIFIER_MODES or mode == "evaluate"
+    model_settings = {**config.model, "dtype": jnp.dtype(config.model.dtype)}
+    encoder = ParT(num_classes=get_scheme(config.data.scheme).num_classes if classify else None, **model_settings)
+    if classify:
+        return objectives.Supervised(encoder, freeze_encoder=mode == "probe")
+    settings = {k: v for k, v in config.objective.items() if k != "name"}
+    if config.objective.name == "supervised":
+        raise ValueError("config.objective.name='supervised' is not a pretraining objective; "
+                         "use mode='supervised' or one of supcon, jetclr, mpm, clipvae")
+    return objectives.build(config.objective.name, encoder, config.data.feature_set, **settings)
+
+
+def data_settings(config, workdir):
+    """Keyword arguments of the jetjax.data.pipeline entry points; makes the synthetic data set in
+    `workdir/data` when the config asks for one (`data.synthetic_jets_per_group`) and it is not there."""
+    from jetjax.data import synthetic
+
+    root = config.data.root
+    if config.data.synthetic_jets_per_group:
+        root = Path(workdir) / "data"
+        if not (root / "test").exists():
+            synthetic.write_dataset(root, config.data.synthetic_jets_per_group, seed=config.seed)
+    if root is None:
+        raise ValueError("config.data.root is not set: point it at the JetClass-II folder "
+                         "(or set data.synthetic_jets_per_group to generate synthetic jets)")
+    return dict(root=str(root), scheme=config.data.scheme, feature_set=config.data.feature_set,
+                num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files)
+
+
+def example_batch(config, batch_size):
+    """A batch of zeros with the shapes and dtypes the data pipeline delivers (for initialisation)."""
+    from jetjax.data.features import FEATURE_SETS
+
+    b, p, c = batch_size, config.data.num_particles, len(FEATURE_SETS[config.data.feature_set])
+    return {"features": np.zeros((b, p, c), np.float32), "vectors": np.zeros((b, p, 4), np.float32),
+            "mask": np.zeros((b, p), bool), "label": np.zeros((b,), np.int32), "pid": np.zeros((b, p), np.int32),
+            "jet": np.zeros((b, 4), np.float32)}
+
+
+def load_encoder(state, run):
+    """`state` with the encoder (parameters and BatchNorm statistics, not the classifier head) of the best
+    checkpoint of the pretraining workdir `run`."""
+    from jetjax.models.convert import check_compatible
+
+    record_path = Path(run) / "config.json"
+    if not record_path.exists():
+        raise FileNotFoundError(f"train.init_from={run!r} holds no config.json: is it a jetjax workdir?")
+    stored = Checkpoints(run)
+    best = stored.restore("best")
+    stored.close()
+    if best is None:
+        raise FileNotFoundError(f"train.init_from={run!r} has no best checkpoint yet (checkpoints/best)")
+    restored = best[0]
+    encoder = {k: v for k, v in restored["params"]["encoder"].items() if k != "head"}
+    ours = {k: v for k, v in state.params["encoder"].items() if k != "head"}
+    check_compatible(encoder, ours)
+    params = {**state.params, "encoder": {**state.params["encoder"], **jax.tree.map(jnp.asarray, encoder)}}
+    stats = restored.get("batch_stats", {}).get("encoder", {})
+    batch_stats = {**state.batch_stats, "encoder": jax.tree.map(jnp.asarray, stats)} if stats else state.batch_stats
+    return state.replace(params=params, batch_stats=batch_stats)
+
+
+class StopRequest:
+    """SIGTERM / SIGINT set `requested` instead of killing the run, which then saves and exits cleanly."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def handle(self, signum, frame):
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class MetricsLog:
+    """One JSON line per record in `workdir/metrics.jsonl`, and the same scalars in TensorBoard."""
+
+    def __init__(self, workdir):
+        from tensorboardX import SummaryWriter
+
+        self.file = open(Path(workdir) / "metrics.jsonl", "a")
+        self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+
+    def write(self, split, step, values):
+        values = {k: float(v) for k, v in values.items()}
+        self.file.write(json.dumps({"split": split, "step": int(step), **values}) + "\n")
+        self.file.flush()
+        for k, v in values.items():
+            self.writer.add_scalar(f"{split}/{k}", v, int(step))
+
+    def close(self):
+        self.file.close()
+        self.writer.close()
+
+
+def pad_batch(batch, size):
+    """A batch of exactly `size` jets (the natural stream's last batch is shorter): extra jets have no
+    particles and are dropped from every result by the caller."""
+    n = len(batch["label"])
+    if n == size:
+        return batch
+    return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def run_eval(state, eval_step, batches, mesh, batch_size, keep_embeddings=0):
+    """Mean metrics over `batches` and, for classifiers, the softmax scores, labels and the first
+    `keep_embeddings` representations of the real jets."""
+    sums, count, scores, labels, embeddings = {}, 0, [], [], []
+    for batch in batches:
+        n = len(batch["label"])
+        metrics, outputs = eval_step(state, parallel.shard_batch(pad_batch(batch, batch_size), mesh))
+        metrics, outputs = jax.device_get((metrics, outputs))
+        for k, v in metrics.items():  # padded jets only exist in the last batch of the natural stream
+            sums[k] = sums.get(k, 0.0) + float(v) * n
+        count += n
+        labels.append(batch["label"])
+        if "logits" in outputs:
+            scores.append(jax.nn.softmax(outputs["logits"][:n].astype(np.float64), axis=-1))
+        if sum(len(e) for e in embeddings) < keep_embeddings:
+            embeddings.append(outputs["z"][:n])
+    result = {"metrics": {k: v / max(count, 1) for k, v in sums.items()}, "labels": np.concatenate(labels)}
+    if scores:
+        result["scores"] = np.concatenate(scores)
+    if embeddings:
+        result["embeddings"] = np.concatenate(embeddings)[:keep_embeddings]
+    return result
+
+
+def selection_value(config, validation, class_names):
+    """The quantity whose maximum selects the best checkpoint: -(validation loss) for pretraining, the
+    validation macro ROC-AUC for classifiers (the study's §2.2)."""
+    from jetjax import metrics
+
+    if config.mode == "pretrain":
+        return "val_loss", -validation["metrics"]["loss"]
+    return "val_macro_auc", metrics.macro_roc_auc(validation["scores"], validation["labels"], class_names)
+
+
+def fit(config, workdir):
+    """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
+    classifiers are evaluated on the natural test stream at the end. Returns the final record."""
+    from jetjax.data import pipeline
+    from jetjax.data.classes import get_scheme
+    from jetjax.data.readers import DataReport
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    mesh = parallel.data_mesh()
+    batch_size = config.train.batch_size
+    parallel.check_batch_size(batch_size, mesh)
+    report = DataReport()
+    data = data_settings(config, workdir)
+    sampler = pipeline.training_sampler(**data, batch_size=batch_size, epoch_size=config.data.epoch_size,
+                                        seed=config.seed, report=report)
+    steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
+    model = build_model(config)
+    tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
+                              trainable=optim.is_head if config.mode == "probe" else None)
+    state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
+    if config.mode in ("finetune", "probe"):
+        if not config.train.init_from:
+            raise ValueError(f"mode={config.mode!r} needs train.init_from, the workdir of a pretraining run")
+        state = load_encoder(state, config.train.init_from)
+    checkpoints = Checkpoints(workdir)
+    record = {"epoch": 0, "batch": 0, "best": None, "selection": None}
+    restored = checkpoints.restore("latest", state)
+    if restored is not None:
+        state, record = restored
+        print(f"resuming {workdir} at epoch {record['epoch']} batch {record['batch']} (step {int(state.step)})")
+    state = parallel.replicate(state, mesh)
+    train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
+    class_names = get_scheme(config.data.scheme).names
+    log = MetricsLog(workdir)
+    try:
+        with StopRequest() as stop:
+            for epoch in range(record["epoch"], epochs):
+                bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
+                                unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}")
+                for batch in pipeline.prefetch(sampler.batches(epoch, record["batch"])):
+                    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
+                    metrics = jax.device_get(metrics)  # one step at a time (API_NOTES: CPU collectives)
+                    record["batch"] += 1
+                    bar.update(batch_size)
+                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+                    if int(state.step) % config.train.log_every == 0:
+                        log.write("train", state.step, metrics)
+                    if stop.requested:
+                        checkpoints.save("latest", state.step, state, record)
+                        checkpoints.wait()
+                        print(f"stopped by a signal; saved {workdir} at epoch {epoch} batch {record['batch']}")
+                        return record
+                bar.close()
+                validation = run_eval(state, eval_step, pipeline.validation_batches(
+                    **data, num_jets=config.data.val_size, batch_size=batch_size, seed=config.seed + 1),
+                    mesh, batch_size)
+                name, value = selection_value(config, validation, class_names)
+                log.write("val", state.step, {**validation["metrics"], name: value})
+                improved = record["best"] is None or value > record["best"]
+                record = {"epoch": epoch + 1, "batch": 0, "best": value if improved else record["best"],
+                          "selection": name}
+                checkpoints.save("latest", state.step, state, record)
+                if improved:
+                    checkpoints.save("best", state.step, state, record)
+                print(f"epoch {epoch + 1}: {name} {value:.4f}" + (" (best)" if improved else ""))
+            checkpoints.wait()
+    finally:
+        log.close()
+        checkpoints.close()
+        (workdir / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+    if config.mode in CLASSIFIER_MODES:
+        evaluate(config, workdir)
+    return record
+
+
+def evaluate(config, workdir):
+    """The best checkpoint of the classifier run in `config.evaluate.run` (default `workdir`) on the natural
+    test stream: writes predictions.npz (scores, labels, embeddings of the first jets), metrics.json and
+    summary.md into that run's `evaluation/` folder, and returns the metrics."""
+    import ml_collections
+
+    from jetjax import metrics, report
+    from jetjax.data import pipeline
+    from jetjax.data.classes import get_scheme
+
+    run = Path(config.evaluate.run or workdir)
+    stored_config = run / "config.json"
+    if not stored_config.exists():
+        raise FileNotFoundError(f"evaluate.run={str(run)!r} holds no config.json: is it a jetjax workdir?")
+    run_config = ml_collections.ConfigDict(json.loads(stored_config.read_text()))
+    run_config.mode = "evaluate"
+    run_config.data.root = config.data.root or run_config.data.root
+    mesh = parallel.data_mesh()
+    batch_size = run_config.train.batch_size
+    model = build_model(run_config)
+    checkpoints = Checkpoints(run)
+    restored = checkpoints.restore("best")
+    checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"{run} has no best checkpoint (checkpoints/best): train it first")
+    variables = jax.tree.map(jnp.asarray, {k: restored[0][k] for k in ("params", "batch_stats")})
+    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored[0]["step"]),
+                                          key=jax.random.key(run_config.seed)), mesh)
+    scheme = get_scheme(run_config.data.scheme)
+    data = data_settings(run_config, run)
+    result = run_eval(state, make_eval_step(model), pipeline.test_batches(**data, batch_size=batch_size), mesh,
+                      batch_size, keep_embeddings=config.evaluate.embeddings)
+    background = next((n for n in scheme.names if n.lower() == "qcd"), None)
+    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=background)
+    out = run / "evaluation"
+    out.mkdir(exist_ok=True)
+    np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),
+                        labels=result["labels"], embeddings=result.get("embeddings", np.zeros((0,))))
+    metrics.write_json(out / "metrics.json", values)
+    print(report.write_tables({run.name: values}, out, titles=dict(zip(scheme.names, scheme.titles))))
+    (out / "summary.md").write_text((out / "tables.md").read_text())
+    return values

@@ -1,0 +1,40 @@
+"""Settings shared by every experiment (the study's §2.2-3): each config file starts from `base.get_config()`
+and overrides what it changes. Keys map one to one onto the code: `model` -> jetjax.models.ParT fields,
+`objective` -> jetjax.objectives.build settings, `optimizer` -> jetjax.optim.make_optimizer arguments,
+`data` -> jetjax.data.pipeline arguments."""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.mode = "supervised"          # supervised | pretrain | finetune | probe | evaluate
+    c.seed = 0
+
+    c.data = ml_collections.ConfigDict(dict(
+        root=config_dict.placeholder(str),   # JetClass-II folder (or train/val/test subfolders)
+        synthetic_jets_per_group=0,          # > 0: generate a synthetic data set of this size in workdir/data
+        scheme="jetclass2_7",                # label scheme (jetjax.data.classes.SCHEMES)
+        feature_set="kin",                   # kin | kinpid | full
+        num_particles=128,                   # P
+        epoch_size=2_000_000,                # sampled training jets per epoch
+        val_size=2_000_000,                  # balanced validation jets per epoch
+        skip_bad_files=False,
+    ))
+    c.model = ml_collections.ConfigDict(dict(
+        embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
+        ffn="gelu", ffn_ratio=4.0, dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, drop_path=0.0,
+        layer_scale_init=config_dict.placeholder(float), head="linear", head_hidden=256, head_dropout=0.1,
+        dtype="float32"))
+    c.objective = ml_collections.ConfigDict(dict(name="supervised"))
+    c.optimizer = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=1e-4, weight_decay=0.01, clip_norm=1.0, schedule="cosine", warmup_steps=0))
+    c.train = ml_collections.ConfigDict(dict(
+        epochs=20, batch_size=256, log_every=50,
+        init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
+    ))
+    c.evaluate = ml_collections.ConfigDict(dict(
+        run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
+        embeddings=5000,                          # jets whose embeddings are saved with the predictions
+    ))
+    return c
