@@ -57,7 +57,7 @@ def particle_kinematics(vectors, jet):
     tiny = 1e-20
     pt, energy = physics.pt(vectors), vectors[..., 3]
     jet_eta, jet_phi = physics.pseudorapidity(jet), physics.phi(jet)
-    deta = xp.where(jet_eta >= 0, 1.0, -1.0) * (physics.pseudorapidity(vectors) - jet_eta)
+    deta = xp.copysign(1.0, jet_eta) * (physics.pseudorapidity(vectors) - jet_eta)
     dphi = physics.wrap_phi(physics.phi(vectors) - jet_phi)
     log_pt, log_e = xp.log(xp.maximum(pt, tiny)), xp.log(xp.maximum(energy, tiny))
     channels = (standardise(log_pt, "pt_log"), standardise(log_e, "e_log"),
@@ -84,7 +84,8 @@ def particle_id(charge, is_photon, is_electron, is_muon):
 
 def identity_channels(particles):
     """The raw PID channels (N, 6) of kinpid/full: charge and the five type flags."""
-    return np.stack([particles["part_charge"]] + [particles[f"part_{n}"] for n in _PID_NAMES[1:]], axis=-1)
+    return np.stack([particles["part_charge"]] + [particles[f"part_{n}"] for n in _PID_NAMES[1:]],
+                    axis=-1).astype(np.float32)
 
 
 def impact_parameter_channels(particles):
@@ -218,6 +219,6 @@ def _usable(chunk, report):
 
 
 def _pad(values, jet_index, slot, num_jets, num_particles):
-    out = np.zeros((num_jets, num_particles) + values.shape[1:], values.dtype)
-    out[jet_index, slot] = values
-    return out
+    out = np.zeros((num_jets * num_particles,) + values.shape[1:], values.dtype)
+    out[jet_index * num_particles + slot] = values
+    return out.reshape((num_jets, num_particles) + values.shape[1:])
