@@ -143,3 +143,19 @@ def test_to_device_places_batches_with_the_sharding(dataset):
     placed = pipeline.to_device(batch, NamedSharding(mesh, PartitionSpec("data")))
     assert placed["features"].sharding.spec == PartitionSpec("data")
     np.testing.assert_array_equal(np.asarray(placed["features"]), batch["features"])
+
+
+def test_skim_keeps_every_task_jet_and_nothing_else(dataset, tmp_path):
+    report = DataReport()
+    written = pipeline.skim(dataset, tmp_path, report=report)
+    assert len(written) == sum(len(p) for split in ("train", "val", "test")
+                               for p in discover_files(dataset, split).values())
+    assert set(report.excluded_labels) == {1, 9, 15, 71}
+    assert pq.read_schema(written[0]) == pq.read_schema(dataset / written[0].relative_to(tmp_path))
+    original = list(pipeline.test_batches(dataset, num_particles=16, batch_size=300))
+    skimmed_report = DataReport()
+    skimmed = list(pipeline.test_batches(tmp_path, num_particles=16, batch_size=300, report=skimmed_report))
+    assert len(original) == len(skimmed) and not skimmed_report.excluded_labels
+    for a, b in zip(original, skimmed):
+        np.testing.assert_array_equal(a["features"], b["features"])
+        np.testing.assert_array_equal(a["label"], b["label"])

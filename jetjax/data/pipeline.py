@@ -8,12 +8,22 @@ Every entry point takes plain values (ml_collections-friendly): `root` (dataset 
 (explicit paths / globs of the split, overriding discovery), `scheme` (classes.SCHEMES key), `feature_set`
 (features.FEATURE_SETS key), `num_particles` (P), `batch_size`, `skip_bad_files`, and a `report`
 (readers.DataReport, shared by the streams so one report covers the run).
+
+`skim` (also `python -m jetjax.data.pipeline ROOT OUT`) copies the task's jets of a JetClass-II parquet
+dataset, all columns, into OUT/{train,val,test}/ under the same file names. Worth it for the study's task:
+the sampler reads a group's files at their natural class mix, and qqb + bcs are 2 of the 146 X -> YY
+labels (15..160) that the Res34P files hold: if those come in similar numbers, an epoch decodes ~70
+Res34P jets per qqb/bcs jet it uses, and a third of the epoch is qqb/bcs.
 """
+import argparse
 import queue
 import threading
+from pathlib import Path
+
+import numpy as np
 
 from jetjax.data.classes import get_scheme
-from jetjax.data.readers import DataReport, discover_files
+from jetjax.data.readers import LABEL_COLUMN, DataError, DataReport, discover_files
 from jetjax.data.sampler import StratifiedSampler, natural_batches
 
 
@@ -87,3 +97,54 @@ def to_device(batch, sharding):
     import jax
 
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def skim(root, out, scheme="jetclass2_7", splits=("train", "val", "test"), skip_bad_files=False, report=None,
+         chunk_size=65536):
+    """Write the jets of `scheme`'s classes from the parquet files of `root` to OUT/<split>/<same name>
+    (same schema, same order); excluded labels are counted in `report`. Returns the written paths."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    scheme, report = get_scheme(scheme), DataReport() if report is None else report
+    wanted = pa.array([label for c in scheme.classes for label in c.raw_labels], pa.int32())
+    written = []
+    for split in splits:
+        for path in sorted(p for paths in discover_files(root, split).values() for p in paths):
+            if path.suffix != ".parquet":
+                raise DataError(f"{path}: skim reads parquet files only")
+            target = Path(out) / split / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                source = pq.ParquetFile(path)
+                with pq.ParquetWriter(target, source.schema_arrow, compression="zstd",
+                                      use_dictionary=False) as writer:
+                    for batch in source.iter_batches(batch_size=chunk_size):
+                        keep = pc.is_in(batch[LABEL_COLUMN], value_set=wanted)
+                        report.exclude(np.asarray(batch[LABEL_COLUMN])[~np.asarray(keep)])
+                        writer.write_batch(batch.filter(keep))
+            except (OSError, pa.ArrowException) as error:
+                target.unlink(missing_ok=True)
+                if not skip_bad_files:
+                    raise DataError(f"{path}: cannot skim ({error})") from error
+                report.skip_file(path, error)
+                continue
+            written.append(target)
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Copy the task's jets of a JetClass-II parquet dataset.")
+    parser.add_argument("root")
+    parser.add_argument("out")
+    parser.add_argument("--scheme", default="jetclass2_7")
+    parser.add_argument("--skip-bad-files", action="store_true")
+    args = parser.parse_args(argv)
+    report = DataReport()
+    paths = skim(args.root, args.out, args.scheme, skip_bad_files=args.skip_bad_files, report=report)
+    print(f"wrote {len(paths)} files under {args.out}\n{report}")
+
+
+if __name__ == "__main__":
+    main()
