@@ -64,7 +64,8 @@ class GroupStream:
     """Endless chunks from the files of one file group, mixed over a pool of open files (module doc)."""
 
     def __init__(self, group, files, rng, read, pool_size):
-        self.group, self.files, self.rng, self.read, self.pool_size = group, list(files), rng, read, pool_size
+        self.group, self.files, self.rng, self.read = group, list(files), rng, read
+        self.pool_size = min(pool_size, len(self.files))  # a file is never open twice at once
         self.queue, self.pool, self.passes = deque(), [], 0
 
     def _open_next(self):
