@@ -65,7 +65,7 @@ class GroupStream:
 
     def __init__(self, group, files, rng, read, pool_size):
         self.group, self.files, self.rng, self.read = group, list(files), rng, read
-        self.pool_size = min(pool_size, len(self.files))  # a file is never open twice at once
+        self.pool_size = min(pool_size, len(self.files))
         self.queue, self.pool, self.passes = deque(), [], 0
 
     def _open_next(self):
