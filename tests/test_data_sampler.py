@@ -159,3 +159,15 @@ def test_skim_keeps_every_task_jet_and_nothing_else(dataset, tmp_path):
     for a, b in zip(original, skimmed):
         np.testing.assert_array_equal(a["features"], b["features"])
         np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_a_group_of_only_unreadable_files_is_skipped_then_fails_clearly(dataset, tmp_path):
+    groups = discover_files(dataset, "train")
+    bad = tmp_path / "QCD_0000.parquet"
+    bad.write_bytes(b"corrupt")
+    groups["QCD"] = [bad]
+    report = DataReport()
+    s = StratifiedSampler(groups, JETCLASS2_7, "kin", 16, 100, 1000, seed=0, skip_bad_files=True, report=report)
+    with pytest.raises(DataError, match="group 'QCD' yield no jets"):
+        list(s.batches())
+    assert report.skipped_files and report.skipped_files[0][0] == str(bad)

@@ -81,8 +81,10 @@ class GroupStream:
                 self._open_next()
             member = int(self.rng.integers(len(self.pool)))
             chunk = next(self.pool[member], None)
-            if chunk is not None and len(chunk):
-                return chunk
+            if chunk is not None:
+                if len(chunk):
+                    return chunk
+                continue
             del self.pool[member]
             empty_opens += 1
             if empty_opens > 2 * len(self.files) + self.pool_size:
