@@ -161,3 +161,20 @@ def test_nonfinite_values_in_a_file_are_sanitised_and_counted(tmp_path):
     (batch,) = natural_test_batches(files=[path], feature_set="full", batch_size=1000, report=report)
     assert report.counts["particles_nonfinite_dropped"] == 1 and report.counts["values_nonfinite_zeroed"] == 1
     assert all(np.all(np.isfinite(v)) for v in batch.values())
+
+
+def test_recomputed_angles_match_the_stored_jetclass2_ones():
+    """deta / dphi from the four-vectors about the stored jet axis equal the files' part_deta / part_dphi,
+    and logptrel uses the stored jet_pt (the batch's jet is the stored jet four-vector rescaled)."""
+    table = pq.read_table(example("parquet"), columns=["part_deta", "part_dphi", "part_px", "part_py", "jet_pt",
+                                                       "jet_label"]).to_pydict()
+    rows = [i for i, l in enumerate(table["jet_label"]) if l in README_TASK]
+    (batch,) = natural_test_batches(files=[example("parquet")], batch_size=1000)
+    names = features.FEATURE_SETS["kin"]
+    for b, i in enumerate(rows):
+        n = min(len(table["part_deta"][i]), 128)
+        np.testing.assert_allclose(batch["features"][b, :n, names.index("deta")], table["part_deta"][i][:n], atol=1e-5)
+        np.testing.assert_allclose(batch["features"][b, :n, names.index("dphi")], table["part_dphi"][i][:n], atol=1e-5)
+        logptrel = np.log(np.hypot(table["part_px"][i][:n], table["part_py"][i][:n]) / table["jet_pt"][i])
+        np.testing.assert_allclose(batch["features"][b, :n, names.index("logptrel")],
+                                   np.clip((logptrel + 4.7) * 0.7, -5, 5), atol=1e-5)
