@@ -1,0 +1,160 @@
+"""The training engine: resume after a signal is bit-identical, seeds decide everything, finetune and probe
+take the pretrained encoder, and the quickstart runs end to end."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from configs import quickstart
+from jetjax import train
+from jetjax.checkpoint import Checkpoints
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8,), num_heads=2, num_layers=1, num_cls_layers=1)
+TINY_OVERRIDES = ["--config.data.synthetic_jets_per_group=1500", "--config.data.num_particles=16",
+                  "--config.data.epoch_size=1280", "--config.data.val_size=256", "--config.train.batch_size=64",
+                  "--config.train.epochs=2", "--config.train.log_every=1", "--config.model.embed_dims=(16,32,16)",
+                  "--config.model.pair_embed_dims=(8,)", "--config.model.num_heads=2",
+                  "--config.model.num_layers=1", "--config.model.num_cls_layers=1"]
+
+
+def tiny_config(mode="supervised", **objective):
+    c = quickstart.get_config()
+    c.mode = mode
+    c.data.update(dict(synthetic_jets_per_group=1500, num_particles=16, epoch_size=640, val_size=256))
+    c.model.update(TINY)
+    c.train.update(dict(epochs=1, batch_size=64, log_every=1))
+    c.optimizer.warmup_steps = 0
+    if objective:
+        c.objective.update(objective)
+    return c
+
+
+def leaves(run, which="latest"):
+    checkpoints = Checkpoints(run)
+    state, _ = checkpoints.restore(which)
+    checkpoints.close()
+    return state
+
+
+def is_zero_gradient(path):
+    """Parameters whose training gradient vanishes identically: the attention key bias (softmax over keys
+    ignores a shift common to all keys) and the pair-embedding biases that feed a BatchNorm using batch
+    statistics (it removes any constant shift)."""
+    return ("['attn']['key']['bias']" in path
+            or ("['pair_embed']" in path and path.endswith("['bias']") and "['bn_" not in path))
+
+
+def jetjax_run(workdir, *extra):
+    return subprocess.Popen([sys.executable, "-m", "jetjax.main", "--config", "configs/quickstart.py",
+                             f"--workdir={workdir}", *TINY_OVERRIDES, *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path):
+    straight = jetjax_run(tmp_path / "straight")
+    interrupted = jetjax_run(tmp_path / "interrupted")
+    metrics = tmp_path / "interrupted" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3) and time.time() < deadline:
+        time.sleep(0.2)
+    interrupted.send_signal(signal.SIGTERM)
+    _, err = interrupted.communicate(timeout=300)
+    assert interrupted.returncode == 0, err[-2000:]
+    stopped = leaves(tmp_path / "interrupted")
+    assert 0 < int(stopped["step"]) < 40  # it really stopped before the end (2 epochs x 20 steps)
+    resumed = jetjax_run(tmp_path / "interrupted")
+    for process in (straight, resumed):
+        _, err = process.communicate(timeout=600)
+        assert process.returncode == 0, err[-2000:]
+    a, b = leaves(tmp_path / "straight"), leaves(tmp_path / "interrupted")
+    assert int(a["step"]) == int(b["step"]) == 40
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a["params"]), jax.tree.leaves(b["params"])):
+        if is_zero_gradient(jax.tree_util.keystr(path)):
+            # their gradient is exactly zero in theory and float rounding noise in practice, which Adam
+            # turns into +-lr steps: allow that, no more (40 steps at lr 2e-3)
+            assert np.max(np.abs(x - y)) <= 40 * 2e-3 * 2
+        else:
+            np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(a["batch_stats"]), jax.tree.leaves(b["batch_stats"])):
+        np.testing.assert_array_equal(x, y)
+    assert (tmp_path / "straight" / "evaluation" / "metrics.json").exists()
+
+
+def test_seed_decides_initialisation():
+    config = tiny_config()
+    model = train.build_model(config)
+    batch = train.example_batch(config, 8)
+    tx = __import__("optax").sgd(0.1)
+    same = [train.init_state(model, tx, batch, jax.random.key(s)).params for s in (0, 0, 1)]
+    for x, y, z in zip(*(jax.tree.leaves(p) for p in same)):
+        np.testing.assert_array_equal(x, y)
+    assert any(not np.array_equal(x, z) for x, z in zip(jax.tree.leaves(same[0]), jax.tree.leaves(same[2])))
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrain")
+    train.fit(tiny_config("pretrain", name="mpm", decoder_width=16, decoder_layers=1, decoder_heads=2), run)
+    return run
+
+
+def encoder_without_head(params):
+    return {k: v for k, v in params["encoder"].items() if k != "head"}
+
+
+def test_finetune_starts_from_the_pretrained_encoder(pretrained, tmp_path):
+    config = tiny_config("finetune")
+    config.train.init_from = str(pretrained)
+    model = train.build_model(config)
+    import optax
+    state = train.init_state(model, optax.sgd(0.1), train.example_batch(config, 8), jax.random.key(0))
+    loaded = train.load_encoder(state, str(pretrained))
+    source = leaves(pretrained, "best")
+    for x, y in zip(jax.tree.leaves(encoder_without_head(loaded.params)),
+                    jax.tree.leaves(encoder_without_head(source["params"]))):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(loaded.params["encoder"]["head"]), jax.tree.leaves(state.params["encoder"]["head"])):
+        np.testing.assert_array_equal(x, y)  # the new classifier head keeps its fresh initialisation
+
+
+def test_probe_trains_the_head_only(pretrained, tmp_path):
+    config = tiny_config("probe")
+    config.train.init_from = str(pretrained)
+    train.fit(config, tmp_path)
+    probed, source = leaves(tmp_path, "latest"), leaves(pretrained, "best")
+    for x, y in zip(jax.tree.leaves(encoder_without_head(probed["params"])),
+                    jax.tree.leaves(encoder_without_head(source["params"]))):
+        np.testing.assert_array_equal(x, y)
+    for x, y in zip(jax.tree.leaves(probed["batch_stats"]["encoder"]), jax.tree.leaves(source["batch_stats"]["encoder"])):
+        np.testing.assert_array_equal(x, y)
+    assert (tmp_path / "evaluation" / "metrics.json").exists()
+
+
+def test_unknown_mode_and_objective_fail_naming_the_key():
+    with pytest.raises(ValueError, match="config.mode"):
+        train.build_model(tiny_config("distill"))
+    with pytest.raises(ValueError, match="objective.name"):
+        train.build_model(tiny_config("pretrain", name="supervised"))
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "jetjax.main", "--config", "configs/quickstart.py",
+                             f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Table 1" in result.stdout
+    values = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
+    assert values["macro_auc"] > 0.85 and values["accuracy"] > 3 / 7  # chance: AUC 0.5, accuracy ~ 1/7
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {l["split"] for l in lines} == {"train", "val"}
+    assert (tmp_path / "checkpoints" / "best").exists() and (tmp_path / "checkpoints" / "latest").exists()
