@@ -1,0 +1,10 @@
+""""Ours" trained with Muon (the study's §2.3): Muon (lr 0.02, momentum 0.95, Nesterov) on the blocks' hidden
+matrices, AdamW (lr 1e-4, the study's) on everything else, same schedule."""
+from configs import supervised_ours
+
+
+def get_config():
+    c = supervised_ours.get_config()
+    c.optimizer.name = "muon"
+    c.optimizer.muon_learning_rate = 0.02
+    return c

@@ -1,0 +1,32 @@
+"""Every experiment config loads, passes its values to the code it names, and builds its model."""
+import importlib
+
+import jax
+import pytest
+
+from jetjax import optim, train
+from jetjax.data.classes import get_scheme
+
+CONFIGS = [("supervised_part", None), ("supervised_ours", None), ("supervised_ours_muon", None),
+           ("quickstart", None)] + [(o, s) for o in ("supcon", "jetclr", "mpm", "clipvae") for s in ("pretrain", "finetune")]
+
+
+@pytest.mark.parametrize("name,stage", CONFIGS, ids=[f"{n}:{s}" if s else n for n, s in CONFIGS])
+def test_config_builds_its_model_and_optimizer(name, stage):
+    module = importlib.import_module(f"configs.{name}")
+    config = module.get_config(stage) if stage else module.get_config()
+    model = train.build_model(config)
+    batch = train.example_batch(config, 2)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), batch, jax.random.key(1))
+    tx = optim.make_optimizer(100, **config.optimizer)
+    jax.eval_shape(tx.init, shapes["params"])
+    assert get_scheme(config.data.scheme).num_classes == 7
+    if config.mode == "finetune":
+        assert config.train.init_from == f"runs/{name}_pretrain"
+
+
+def test_the_study_settings():
+    config = importlib.import_module("configs.supcon").get_config("pretrain")
+    assert (config.data.epoch_size, config.train.batch_size, config.optimizer.learning_rate) == (2_000_000, 256, 1e-4)
+    assert (config.optimizer.clip_norm, config.train.epochs, config.objective.temperature) == (1.0, 50, 0.07)
+    assert importlib.import_module("configs.mpm").get_config("finetune").train.epochs == 20
