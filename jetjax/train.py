@@ -60,7 +60,7 @@ def make_train_step(model, tx):
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
                               opt_state=opt_state, step=state.step + 1)
-        return state, {**metrics, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=0)
 
@@ -252,8 +252,9 @@ def fit(config, workdir):
     parallel.check_batch_size(batch_size, mesh)
     report = DataReport()
     data = data_settings(config, workdir)
-    sampler = pipeline.training_sampler(**data, batch_size=batch_size, epoch_size=config.data.epoch_size,
-                                        seed=config.seed, report=report)
+    host_batch, host = batch_size // jax.process_count(), jax.process_index()  # each host reads its share
+    sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
+                                        jax.process_count(), seed=config.seed + 1000 * host, report=report)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
     model = build_model(config)
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
@@ -277,7 +278,8 @@ def fit(config, workdir):
         with StopRequest() as stop:
             for epoch in range(record["epoch"], epochs):
                 bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
-                                unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}")
+                                unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}",
+                                disable=host != 0)
                 for batch in pipeline.prefetch(sampler.batches(epoch, record["batch"])):
                     state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
                     metrics = jax.device_get(metrics)  # one step at a time (API_NOTES: CPU collectives)
@@ -293,8 +295,8 @@ def fit(config, workdir):
                         return record
                 bar.close()
                 validation = run_eval(state, eval_step, pipeline.validation_batches(
-                    **data, num_jets=config.data.val_size, batch_size=batch_size, seed=config.seed + 1),
-                    mesh, batch_size)
+                    **data, num_jets=config.data.val_size // jax.process_count(), batch_size=host_batch,
+                    seed=config.seed + 1 + 1000 * host), mesh, host_batch)
                 name, value = selection_value(config, validation, class_names)
                 log.write("val", state.step, {**validation["metrics"], name: value})
                 improved = record["best"] is None or value > record["best"]
