@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from configs import quickstart
@@ -93,7 +94,7 @@ def test_seed_decides_initialisation():
     config = tiny_config()
     model = train.build_model(config)
     batch = train.example_batch(config, 8)
-    tx = __import__("optax").sgd(0.1)
+    tx = optax.sgd(0.1)
     same = [train.init_state(model, tx, batch, jax.random.key(s)).params for s in (0, 0, 1)]
     for x, y, z in zip(*(jax.tree.leaves(p) for p in same)):
         np.testing.assert_array_equal(x, y)
@@ -115,7 +116,6 @@ def test_finetune_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     config = tiny_config("finetune")
     config.train.init_from = str(pretrained)
     model = train.build_model(config)
-    import optax
     state = train.init_state(model, optax.sgd(0.1), train.example_batch(config, 8), jax.random.key(0))
     loaded = train.load_encoder(state, str(pretrained))
     source = leaves(pretrained, "best")
