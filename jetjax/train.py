@@ -244,6 +244,7 @@ def fit(config, workdir):
     from jetjax.data.classes import get_scheme
     from jetjax.data.readers import DataReport
 
+    model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -256,7 +257,6 @@ def fit(config, workdir):
     sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
                                         jax.process_count(), seed=config.seed + 1000 * host, report=report)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
-    model = build_model(config)
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
                               trainable=optim.is_head if config.mode == "probe" else None)
     state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))

@@ -30,3 +30,16 @@ def test_the_study_settings():
     assert (config.data.epoch_size, config.train.batch_size, config.optimizer.learning_rate) == (2_000_000, 256, 1e-4)
     assert (config.optimizer.clip_norm, config.train.epochs, config.objective.temperature) == (1.0, 50, 0.07)
     assert importlib.import_module("configs.mpm").get_config("finetune").train.epochs == 20
+
+
+def test_misspelt_override_fails_naming_the_key(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-m", "jetjax.main", "--config", "configs/quickstart.py",
+                             f"--workdir={tmp_path}", "--config.model.num_layerz=3"], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "num_layerz" in result.stderr
+    assert not (tmp_path / "data").exists()  # failed before any work
