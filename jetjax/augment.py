@@ -94,6 +94,12 @@ def smear(key, batch, strength=0.1, pt_floor=0.1):
     return with_vectors(batch, from_polar(batch, pt, deta, dphi, m2), batch)
 
 
+def random_real_subset(key, mask, count):
+    """`count` (B, 1) distinct real particles per jet, uniformly at random, as a (B, P) boolean mask."""
+    rank = jnp.argsort(jnp.argsort(jnp.where(mask, jax.random.uniform(key, mask.shape), 2.0), 1), 1)
+    return mask & (rank < count)
+
+
 def collinear_split(key, batch):
     """Split particles collinearly (§4.5): particle a -> r p_a and (1 - r) p_a, r ~ U(0, 1), the daughter
     written to the next free slot. With n real particles and P slots, min(P - max(n, P/2), n) distinct real
@@ -103,8 +109,7 @@ def collinear_split(key, batch):
     n = jnp.sum(mask, axis=1, keepdims=True)
     n_split = jnp.minimum(slots - jnp.maximum(n, slots // 2), n)
     k_choose, k_frac = jax.random.split(key)
-    rank = jnp.argsort(jnp.argsort(jnp.where(mask, jax.random.uniform(k_choose, mask.shape), 2.0), 1), 1)
-    chosen = mask & (rank < n_split)
+    chosen = random_real_subset(k_choose, mask, n_split)
     r = jnp.where(chosen, jax.random.uniform(k_frac, mask.shape), 1.0)
     target = jnp.where(chosen, n + jnp.cumsum(chosen, axis=1) - 1, slots)  # slot of each daughter; P = none
 

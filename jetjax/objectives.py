@@ -71,10 +71,7 @@ class Contrastive(nn.Module):
 
 def choose_masked(key, mask, fraction):
     """floor(fraction * n) distinct real particles per jet, uniformly at random (PART_SPEC §6.1)."""
-    scores = jnp.where(mask, jax.random.uniform(key, mask.shape), 2.0)
-    rank = jnp.argsort(jnp.argsort(scores, axis=1), axis=1)
-    n_masked = jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True)).astype(rank.dtype)
-    return mask & (rank < n_masked)
+    return augment.random_real_subset(key, mask, jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True)))
 
 
 class MaskedParticleModel(nn.Module):
