@@ -134,20 +134,24 @@ def example_batch(config, batch_size):
             "jet": np.zeros((b, 4), np.float32)}
 
 
+def best_checkpoint(run, key):
+    """The best state saved in the workdir `run` (nested dicts of arrays); errors name the config `key`."""
+    if not (Path(run) / "config.json").exists():
+        raise FileNotFoundError(f"{key}={str(run)!r} holds no config.json: is it a jetjax workdir?")
+    stored = Checkpoints(run)
+    best = stored.restore("best")
+    stored.close()
+    if best is None:
+        raise FileNotFoundError(f"{key}={str(run)!r} has no best checkpoint yet (checkpoints/best): train it first")
+    return best[0]
+
+
 def load_encoder(state, run):
     """`state` with the encoder (parameters and BatchNorm statistics, not the classifier head) of the best
     checkpoint of the pretraining workdir `run`."""
     from jetjax.models.convert import check_compatible
 
-    record_path = Path(run) / "config.json"
-    if not record_path.exists():
-        raise FileNotFoundError(f"train.init_from={run!r} holds no config.json: is it a jetjax workdir?")
-    stored = Checkpoints(run)
-    best = stored.restore("best")
-    stored.close()
-    if best is None:
-        raise FileNotFoundError(f"train.init_from={run!r} has no best checkpoint yet (checkpoints/best)")
-    restored = best[0]
+    restored = best_checkpoint(run, "train.init_from")
     encoder = {k: v for k, v in restored["params"]["encoder"].items() if k != "head"}
     ours = {k: v for k, v in state.params["encoder"].items() if k != "head"}
     check_compatible(encoder, ours)
@@ -319,7 +323,8 @@ def fit(config, workdir):
 def evaluate(config, workdir):
     """The best checkpoint of the classifier run in `config.evaluate.run` (default `workdir`) on the natural
     test stream: writes predictions.npz (scores, labels, embeddings of the first jets), metrics.json and
-    summary.md into that run's `evaluation/` folder, and returns the metrics."""
+    the study's tables (tables.md, the Markdown summary, and each table as .md/.csv/.json) into that run's
+    `evaluation/` folder, and returns the metrics."""
     import ml_collections
 
     from jetjax import metrics, report
@@ -327,22 +332,15 @@ def evaluate(config, workdir):
     from jetjax.data.classes import get_scheme
 
     run = Path(config.evaluate.run or workdir)
-    stored_config = run / "config.json"
-    if not stored_config.exists():
-        raise FileNotFoundError(f"evaluate.run={str(run)!r} holds no config.json: is it a jetjax workdir?")
-    run_config = ml_collections.ConfigDict(json.loads(stored_config.read_text()))
+    restored = best_checkpoint(run, "evaluate.run")
+    run_config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
     run_config.mode = "evaluate"
     run_config.data.root = config.data.root or run_config.data.root
     mesh = parallel.data_mesh()
     batch_size = run_config.train.batch_size
     model = build_model(run_config)
-    checkpoints = Checkpoints(run)
-    restored = checkpoints.restore("best")
-    checkpoints.close()
-    if restored is None:
-        raise FileNotFoundError(f"{run} has no best checkpoint (checkpoints/best): train it first")
-    variables = jax.tree.map(jnp.asarray, {k: restored[0][k] for k in ("params", "batch_stats")})
-    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored[0]["step"]),
+    variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
+    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
                                           key=jax.random.key(run_config.seed)), mesh)
     scheme = get_scheme(run_config.data.scheme)
     data = data_settings(run_config, run)
@@ -356,5 +354,4 @@ def evaluate(config, workdir):
                         labels=result["labels"], embeddings=result.get("embeddings", np.zeros((0,))))
     metrics.write_json(out / "metrics.json", values)
     print(report.write_tables({run.name: values}, out, titles=dict(zip(scheme.names, scheme.titles))))
-    (out / "summary.md").write_text((out / "tables.md").read_text())
     return values
