@@ -8,11 +8,10 @@ Jets have realistic multiplicities (bench_model.realistic_batch) padded to P = 1
 """
 import argparse
 import json
-import time
 
 import jax
 
-from bench_model import realistic_batch
+from bench_model import realistic_batch, timed
 from configs import supervised_ours, supervised_part
 from jetjax import optim, parallel, train
 
@@ -26,15 +25,8 @@ def step_seconds(config, batch, steps):
     state = parallel.replicate(train.init_state(model, tx, batch, jax.random.key(0)), mesh)
     step = train.make_train_step(model, tx)
     sharded = parallel.shard_batch(batch, mesh)
-    start = time.perf_counter()
-    state, metrics = step(state, sharded)
-    jax.block_until_ready(metrics)
-    compile_s = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, sharded)
-        jax.block_until_ready(metrics)  # one step at a time, as the engine runs
-    return compile_s, (time.perf_counter() - start) / steps
+    # each timed call blocks on the new state, as the engine blocks on every step's metrics
+    return timed(lambda state: step(state, sharded)[0], state, steps)
 
 
 def main():
