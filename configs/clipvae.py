@@ -7,4 +7,4 @@ from configs import pretraining
 
 
 def get_config(stage="pretrain"):
-    return pretraining.get_config("clipvae", stage, beta=0.08, clip_fraction=0.75)
+    return pretraining.get_config("clipvae", stage)

@@ -7,4 +7,4 @@ from configs import pretraining
 
 
 def get_config(stage="pretrain"):
-    return pretraining.get_config("mpm", stage, mask_fraction=0.3)
+    return pretraining.get_config("mpm", stage)

@@ -3,16 +3,25 @@ pretraining run (50 epochs, the study's §2.2) or the fine-tuning run (20 epochs
 on the pretrained encoder from `runs/<objective>_pretrain`)."""
 from configs import base
 
+OBJECTIVES = {
+    "supcon": dict(temperature=0.07),
+    "jetclr": dict(temperature=0.1),
+    "mpm": dict(mask_fraction=0.3),
+    "clipvae": dict(beta=0.08, clip_fraction=0.75),
+}
+"""Each pretraining objective's settings (keywords of jetjax.objectives.build; the rest keep its defaults)."""
+PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 50, 20
 
-def get_config(objective, stage="pretrain", **settings):
+
+def get_config(objective, stage="pretrain"):
     c = base.get_config()
     if stage == "pretrain":
         c.mode = "pretrain"
-        c.train.epochs = 50
-        c.objective.update(dict(name=objective, **settings))
+        c.train.epochs = PRETRAIN_EPOCHS
+        c.objective.update(dict(name=objective, **OBJECTIVES[objective]))
     elif stage == "finetune":
         c.mode = "finetune"
-        c.train.epochs = 20
+        c.train.epochs = FINETUNE_EPOCHS
         c.train.init_from = f"runs/{objective}_pretrain"
     else:
         raise ValueError(f"config argument must be 'pretrain' or 'finetune', got {stage!r} "

@@ -6,9 +6,8 @@ natural test stream; a few minutes on a 2-core CPU, no download (the data are ge
 from configs import base
 
 
-def get_config():
-    c = base.get_config()
-    c.mode = "supervised"
+def make_small(c):
+    """`c` shrunk to a 2-core CPU: synthetic data, 48 particle slots, a tiny encoder, short epochs."""
     c.data.synthetic_jets_per_group = 8000
     c.data.num_particles = 48
     c.data.epoch_size = 12_800
@@ -20,4 +19,10 @@ def get_config():
     c.train.epochs = 3
     c.train.batch_size = 128
     c.train.log_every = 10
+    return c
+
+
+def get_config():
+    c = make_small(base.get_config())
+    c.mode = "supervised"
     return c

@@ -7,4 +7,4 @@ from configs import pretraining
 
 
 def get_config(stage="pretrain"):
-    return pretraining.get_config("supcon", stage, temperature=0.07)
+    return pretraining.get_config("supcon", stage)

@@ -5,8 +5,8 @@ particle's mass; then every kinematic input feature is recomputed from the new f
 pipeline's own feature code. Angles stay measured from the original jet axis (so a translation is visible
 to the network, as in JetCLR, where jets are centred before augmentation), momenta relative to the sum of
 the augmented constituents. Identity and impact-parameter channels are carried along (copied to split
-daughters). A particle that comes out non-physical (non-finite, pT <= 0 or E < |p|) reverts to its
-original values, as the study does. Padded slots stay zero and P never changes.
+daughters). A particle that comes out non-physical (non-finite, pT <= 0, E < |p|, or outside the
+detector's acceptance |eta| < MAX_ETA) reverts to its original values, as the study does. Padded slots stay zero and P never changes.
 """
 import math
 
@@ -19,6 +19,9 @@ from jetjax.data.features import KINEMATIC_CHANNELS, kinematic_features
 MASS_TOLERANCE = 1e-4
 """E^2 - |p|^2 may fall below zero by this fraction of E^2 (float32 rounding) before a particle counts as
 non-physical."""
+MAX_ETA = 5.0
+"""Acceptance of the calorimeters (forward ones included): soft smearing can throw a soft particle to any
+|eta|; beyond ~10, E and |pz| are equal in float32 and its rapidity (a pair feature input) is infinite."""
 
 
 def to_polar(batch):
@@ -41,7 +44,8 @@ def from_polar(batch, pt, deta, dphi, m2):
 def is_physical(v):
     p2 = v[..., 0] ** 2 + v[..., 1] ** 2 + v[..., 2] ** 2
     return (jnp.all(jnp.isfinite(v), axis=-1) & (physics.pt(v) > 0)
-            & (v[..., 3] ** 2 - p2 >= -MASS_TOLERANCE * v[..., 3] ** 2))
+            & (v[..., 3] ** 2 - p2 >= -MASS_TOLERANCE * v[..., 3] ** 2)
+            & (jnp.abs(physics.pseudorapidity(v)) < MAX_ETA))
 
 
 def with_vectors(batch, vectors, original):

@@ -35,6 +35,14 @@ class Checkpoints:
             state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
         return restored["state"], restored["record"]
 
+    def record(self, which):
+        """The JSON record of checkpoint `which` alone (no arrays are read); None if there is none."""
+        manager = self.managers[which]
+        step = manager.latest_step()
+        if step is None:
+            return None
+        return manager.restore(step, args=ocp.args.Composite(record=ocp.args.JsonRestore()))["record"]
+
     def wait(self):
         for manager in self.managers.values():
             manager.wait_until_finished()

@@ -1,15 +1,16 @@
 """jetjax command line: `python -m jetjax.main --config configs/<name>.py [--config.a.b=value ...] [--workdir DIR]`.
 
 `config.mode` chooses what runs: supervised, pretrain, finetune, probe (train a run in the workdir, resuming
-it if it exists; classifiers end with an evaluation on the test stream) or evaluate (a trained run's best
-checkpoint on the natural test stream). Misspelt keys and wrongly typed overrides fail before any work.
+it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
+checkpoint on the natural test stream) or study (every objective pretrained, fine-tuned and evaluated, then
+the study's tables and figures: jetjax.study). Misspelt keys and wrongly typed overrides fail before any work.
 """
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import parallel, train
+from jetjax import parallel, study, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (default: runs/<config file name>).")
@@ -22,7 +23,9 @@ def main(argv):
     name = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"
     parallel.initialize_distributed()
-    if config.mode == "evaluate":
+    if config.mode == "study":
+        study.run(config, workdir)
+    elif config.mode == "evaluate":
         train.evaluate(config, workdir)
     else:
         train.fit(config, workdir)

@@ -94,7 +94,7 @@ def build_model(config):
 
     mode = config.mode
     if mode not in MODES:
-        raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study')")
+        raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
     classify = mode in CLASSIFIER_MODES or mode == "evaluate"
     model_settings = {**config.model, "dtype": jnp.dtype(config.model.dtype)}
     encoder = ParT(num_classes=get_scheme(config.data.scheme).num_classes if classify else None, **model_settings)
@@ -232,13 +232,13 @@ def run_eval(state, eval_step, batches, mesh, batch_size, keep_embeddings=0):
 
 
 def selection_value(config, validation, class_names):
-    """The quantity whose maximum selects the best checkpoint: -(validation loss) for pretraining, the
-    validation macro ROC-AUC for classifiers (the study's §2.2)."""
+    """The validation quantity that selects the best checkpoint, and whether higher is better: the loss
+    (lower) for pretraining, the macro ROC-AUC (higher) for classifiers (the study's §2.2)."""
     from jetjax import metrics
 
     if config.mode == "pretrain":
-        return "val_loss", -validation["metrics"]["loss"]
-    return "val_macro_auc", metrics.macro_roc_auc(validation["scores"], validation["labels"], class_names)
+        return "val_loss", validation["metrics"]["loss"], False
+    return "val_macro_auc", metrics.macro_roc_auc(validation["scores"], validation["labels"], class_names), True
 
 
 def fit(config, workdir):
@@ -288,6 +288,11 @@ def fit(config, workdir):
                     state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
                     metrics = jax.device_get(metrics)  # one step at a time (API_NOTES: CPU collectives)
                     record["batch"] += 1
+                    if not np.isfinite(metrics["loss"]):
+                        raise FloatingPointError(
+                            f"{workdir}: the training loss is {float(metrics['loss'])} at step {int(state.step)} "
+                            f"(epoch {epoch + 1}, batch {record['batch']}); the latest checkpoint holds the last "
+                            "validated state. Lower optimizer.learning_rate or check data_report.json.")
                     bar.update(batch_size)
                     bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
                     if int(state.step) % config.train.log_every == 0:
@@ -301,10 +306,11 @@ def fit(config, workdir):
                 validation = run_eval(state, eval_step, pipeline.validation_batches(
                     **data, num_jets=config.data.val_size // jax.process_count(), batch_size=host_batch,
                     seed=config.seed + 1 + 1000 * host), mesh, host_batch)
-                name, value = selection_value(config, validation, class_names)
+                name, value, higher_is_better = selection_value(config, validation, class_names)
                 log.write("val", state.step, {**validation["metrics"], name: value})
-                improved = record["best"] is None or value > record["best"]
-                record = {"epoch": epoch + 1, "batch": 0, "best": value if improved else record["best"],
+                best = record["best"]
+                improved = best is None or (value > best if higher_is_better else value < best)
+                record = {"epoch": epoch + 1, "batch": 0, "best": value if improved else best,
                           "selection": name}
                 checkpoints.save("latest", state.step, state, record)
                 if improved:

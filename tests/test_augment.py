@@ -47,6 +47,20 @@ def test_only_real_particles_move(fn):
     np.testing.assert_array_equal(np.asarray(out["mask"]), m)
 
 
+def test_particles_smeared_out_of_acceptance_revert():
+    """Strong soft smearing throws soft particles to |eta| >> 5, where float32 rapidity is infinite: they
+    revert, so every feature and every pair feature of the view stays finite."""
+    batch = make_batch(lengths=(32, 32, 32, 32, 32))
+    out = augment.smear(jax.random.key(5), batch, strength=20.0)
+    m = np.asarray(batch["mask"])
+    eta = np.asarray(physics.pseudorapidity(out["vectors"]))[m]
+    assert np.all(np.abs(eta) < augment.MAX_ETA)
+    assert np.any(np.asarray(out["vectors"])[m] == np.asarray(batch["vectors"])[m])  # some reverted
+    v = out["vectors"]
+    pairs = np.asarray(physics.pair_features(v[:, :, None], v[:, None, :]))[m[:, :, None] & m[:, None, :]]
+    assert np.all(np.isfinite(pairs)) and np.all(np.isfinite(np.asarray(out["features"])))
+
+
 def test_soft_particles_move_more_under_smearing():
     batch = make_batch(lengths=(32,) * 5)
     before, after = augment.to_polar(batch), augment.to_polar(augment.smear(jax.random.key(4), batch))

@@ -139,6 +139,16 @@ def test_probe_trains_the_head_only(pretrained, tmp_path):
     assert (tmp_path / "evaluation" / "metrics.json").exists()
 
 
+def test_diverging_run_stops_with_a_clear_error(tmp_path):
+    config = tiny_config()
+    config.optimizer.learning_rate = 1e30
+    with pytest.raises(FloatingPointError, match="training loss is nan at step"):
+        train.fit(config, tmp_path)
+    stored = Checkpoints(tmp_path)
+    assert stored.latest_step("latest") is None  # nothing of the diverged state was saved
+    stored.close()
+
+
 def test_unknown_mode_and_objective_fail_naming_the_key():
     with pytest.raises(ValueError, match="config.mode"):
         train.build_model(tiny_config("distill"))
