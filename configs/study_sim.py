@@ -15,6 +15,7 @@ from configs import study
 def get_config():
     c = study.get_config()
     c.data.root = "data/jetclass2_sim"   # --out of jetjax.data.simulate: holds train/, val/, test/
+    c.data.format = "parquet"
     c.data.epoch_size = 50_000
     c.data.val_size = 5_000
     return c

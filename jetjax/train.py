@@ -121,7 +121,8 @@ def data_settings(config, workdir):
         raise ValueError("config.data.root is not set: point it at the JetClass-II folder "
                          "(or set data.synthetic_jets_per_group to generate synthetic jets)")
     return dict(root=str(root), scheme=config.data.scheme, feature_set=config.data.feature_set,
-                num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files)
+                num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files,
+                file_format=config.data.format)
 
 
 def example_batch(config, batch_size):

@@ -103,6 +103,20 @@ def test_discovery_of_flat_jetclass2_files_by_index_range(tmp_path):
     assert names("test") == {"Res2P": ["Res2P_0250.parquet"], "QCD": ["QCD_0350.parquet", "QCD_0419.parquet"]}
 
 
+def test_discovery_keeps_the_configured_format(tmp_path):
+    touch(tmp_path / "train", "QCD_0000.root", "QCD_0000.parquet", "Res2P_0000.root", "Res2P_0000.parquet")
+    names = lambda fmt: sorted(p.name for ps in discover_files(tmp_path, "train", file_format=fmt).values()
+                               for p in ps)
+    assert names("parquet") == ["QCD_0000.parquet", "Res2P_0000.parquet"]
+    assert names("root") == ["QCD_0000.root", "Res2P_0000.root"]
+    assert len(names("any")) == 4
+    touch(tmp_path / "test", "QCD_0001.root")
+    with pytest.raises(FileNotFoundError, match=r"no parquet files .* \(found 1 \.root\): set config.data.format"):
+        discover_files(tmp_path, "test", file_format="parquet")
+    with pytest.raises(ValueError, match="config.data.format='hdf5'"):
+        discover_files(tmp_path, "train", file_format="hdf5")
+
+
 def test_discovery_of_split_folders_and_explicit_lists(tmp_path):
     touch(tmp_path / "train_100M", "HToBB_10.root", "ZJetsToNuNu_11.root")
     touch(tmp_path / "test_20M", "HToBB_100.root")

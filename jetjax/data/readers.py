@@ -9,7 +9,9 @@ File discovery from a root folder (`discover_files`):
 - split folders if present: `root/{train,val,test}/` or JetClass v1's `train_100M/ val_5M/ test_20M/`;
 - otherwise flat JetClass-II names `{Res2P,Res34P,QCD}_NNNN.parquet|root`, split by file index
   (`JETCLASS2_SPLIT_RANGES`, data/README.md);
-- an explicit list of files or glob patterns overrides discovery.
+- an explicit list of files or glob patterns overrides discovery;
+- `file_format` (config `data.format`) keeps one format: "parquet", "root" or "any" (e.g. a folder that
+  holds the original ROOT files and parquet copies of them must not be read twice).
 Files are grouped by name prefix (the text before `_NNNN`), which `classes.JetClass.file_group` names.
 """
 import glob
@@ -24,6 +26,8 @@ PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
 JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
 LABEL_COLUMN = "jet_label"
 FORMATS = (".parquet", ".root")
+FILE_FORMATS = {"parquet": (".parquet",), "root": (".root",), "any": FORMATS}
+"""Values of config `data.format`: the file suffixes each reads."""
 ROOT_TREE = "tree"
 
 SPLIT_FOLDERS = {"train": ("train", "train_100M"), "val": ("val", "val_5M"), "test": ("test", "test_20M")}
@@ -239,6 +243,19 @@ def _data_files(folder):
     return sorted(p for p in Path(folder).iterdir() if p.suffix in FORMATS and p.is_file())
 
 
+def _keep_format(paths, file_format, where):
+    """The paths of `file_format`; an error naming the other formats found when none is left."""
+    if file_format not in FILE_FORMATS:
+        raise ValueError(f"config.data.format={file_format!r} is not one of {tuple(FILE_FORMATS)}")
+    kept = [p for p in paths if p.suffix in FILE_FORMATS[file_format]]
+    if paths and not kept:
+        found = Counter(p.suffix for p in paths)
+        raise FileNotFoundError(
+            f"no {file_format} files {where} (found {', '.join(f'{n} {s}' for s, n in sorted(found.items()))}): "
+            f"set config.data.format to 'root', 'parquet' or 'any'")
+    return kept
+
+
 def _expand(files):
     paths = []
     for pattern in files:
@@ -249,8 +266,8 @@ def _expand(files):
     return paths
 
 
-def discover_files(root=None, split="train", files=None):
-    """Files of `split`, grouped by file group: {group: [paths sorted by name]}.
+def discover_files(root=None, split="train", files=None, file_format="any"):
+    """Files of `split` in `file_format`, grouped by file group: {group: [paths sorted by name]}.
 
     `files` (paths or glob patterns) overrides discovery; else `root` is searched as described in the
     module docstring.
@@ -258,7 +275,7 @@ def discover_files(root=None, split="train", files=None):
     if split not in SPLIT_FOLDERS:
         raise KeyError(f"unknown split {split!r}; choose one of {tuple(SPLIT_FOLDERS)}")
     if files:
-        paths = _expand(files)
+        paths = _keep_format(_expand(files), file_format, "in the explicit file list")
     else:
         root = Path(root)
         if not root.is_dir():
@@ -271,6 +288,7 @@ def discover_files(root=None, split="train", files=None):
             paths = []
         else:
             paths = [p for p in _data_files(root) if _in_jetclass2_split(p, split)]
+        paths = _keep_format(paths, file_format, f"for the {split} split under {root}")
         if not paths:
             raise FileNotFoundError(
                 f"no {split} files under {root}: expected {'/ or '.join(SPLIT_FOLDERS[split])}/ with "
