@@ -4,9 +4,13 @@
 it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
 checkpoint on the natural test stream) or study (every objective pretrained, fine-tuned and evaluated, then
 the study's tables and figures: jetjax.study). Misspelt keys and wrongly typed overrides fail before any work.
+
+A study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR names another
+folder): its fine-tuning runs share one program, and a continued study compiles nothing twice.
 """
 from pathlib import Path
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -24,6 +28,8 @@ def main(argv):
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"
     parallel.initialize_distributed()
     if config.mode == "study":
+        if not jax.config.jax_compilation_cache_dir:  # set before anything compiles
+            jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "xla_cache"))
         study.run(config, workdir)
     elif config.mode == "evaluate":
         train.evaluate(config, workdir)
