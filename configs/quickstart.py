@@ -1,5 +1,5 @@
 """Quickstart: a tiny ParT trained on synthetic jets of the study's 7 classes, then evaluated on the
-natural test stream; a few minutes on a 2-core CPU, no download (the data are generated in the workdir).
+natural test stream; about a minute on a 2-core CPU, no download (the data are generated in the workdir).
 
     python -m jetjax.main --config configs/quickstart.py [--workdir runs/quickstart]
 """
@@ -7,9 +7,10 @@ from configs import base
 
 
 def make_small(c):
-    """`c` shrunk to a 2-core CPU: synthetic data, 48 particle slots, a tiny encoder, short epochs."""
+    """`c` shrunk to a 2-core CPU: synthetic data, 32 particle slots (the pair features cost P^2), a tiny
+    encoder, short epochs."""
     c.data.synthetic_jets_per_group = 8000
-    c.data.num_particles = 48
+    c.data.num_particles = 32
     c.data.epoch_size = 12_800
     c.data.val_size = 2_560
     c.model.update(dict(embed_dims=(32, 64, 32), pair_embed_dims=(16, 16), num_heads=4, num_layers=2,
