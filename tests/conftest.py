@@ -13,6 +13,11 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 jax.config.update("jax_disable_most_optimizations", True)
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first: with two workers, the long end-to-end run overlaps all the others."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def shared_path(*parts):
     """Path inside ../shared (beside the project root); skip the test with a reason if it is absent."""
     path = SHARED.joinpath(*parts)
