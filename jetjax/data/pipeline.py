@@ -31,9 +31,9 @@ def training_sampler(root=None, split="train", feature_set="kin", num_particles=
                      epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
                      buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any"):
     """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch."""
-    return StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set, num_particles,
-                             batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size, skip_bad_files,
-                             report)
+    return StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
+                             num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
+                             skip_bad_files, report)
 
 
 def validation_batches(root=None, num_jets=100_000, feature_set="kin", num_particles=128, batch_size=256,
@@ -49,8 +49,9 @@ def test_batches(root=None, feature_set="kin", num_particles=128, batch_size=256
                  files=None, split="test", skip_bad_files=False, report=None, chunk_size=4096,
                  file_format="any"):
     """The natural stream of the split: every jet of the task once, original class frequencies."""
-    return natural_batches(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set, num_particles,
-                           batch_size, chunk_size, skip_bad_files, DataReport() if report is None else report)
+    return natural_batches(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
+                           num_particles, batch_size, chunk_size, skip_bad_files,
+                           DataReport() if report is None else report)
 
 
 _END = object()
