@@ -5,6 +5,8 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
+from jetjax.train import LAYOUT_DEFAULTS
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -21,6 +23,7 @@ def get_config():
         epoch_size=2_000_000,                # sampled training jets per epoch
         val_size=2_000_000,                  # balanced validation jets per epoch
         skip_bad_files=False,
+        length_grouping=0,                   # > 1: training batches of similar multiplicity (windows of N batches)
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
@@ -34,6 +37,7 @@ def get_config():
         epochs=20, batch_size=256, log_every=50,
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
+    c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions

@@ -104,14 +104,24 @@ def random_real_subset(key, mask, count):
     return mask & (rank < count)
 
 
-def collinear_split(key, batch):
+def split_count(n, capacity):
+    """How many particles one collinear split adds to a jet of `n` real particles with room for `capacity`:
+    min(capacity - max(n, capacity / 2), n) (numpy or jax arrays)."""
+    xp = n.__array_namespace__()
+    return xp.minimum(capacity - xp.maximum(n, capacity // 2), n)
+
+
+def collinear_split(key, batch, capacity=None):
     """Split particles collinearly (§4.5): particle a -> r p_a and (1 - r) p_a, r ~ U(0, 1), the daughter
-    written to the next free slot. With n real particles and P slots, min(P - max(n, P/2), n) distinct real
-    particles split, so the jet four-momentum is unchanged exactly and the jet never exceeds P particles."""
+    written to the next free slot. With n real particles and room for C = min(`capacity`, slots) particles
+    (`capacity` default: the slots), `split_count(n, C)` distinct real particles split, so the jet
+    four-momentum is unchanged exactly and the jet never exceeds C particles. A batch cut to the slot bucket
+    of its split jets (`jetclr_lengths` with the full capacity P) splits as many particles as it would in P
+    slots (which ones, and their momentum shares, are random draws over the slots)."""
     mask = batch["mask"]
     slots = mask.shape[1]
     n = jnp.sum(mask, axis=1, keepdims=True)
-    n_split = jnp.minimum(slots - jnp.maximum(n, slots // 2), n)
+    n_split = split_count(n, slots if capacity is None else min(capacity, slots))
     k_choose, k_frac = jax.random.split(key)
     chosen = random_real_subset(k_choose, mask, n_split)
     r = jnp.where(chosen, jax.random.uniform(k_frac, mask.shape), 1.0)
@@ -128,14 +138,26 @@ def collinear_split(key, batch):
     return with_vectors(split, vectors, split)
 
 
-def jetclr_views(key, batch, train=True):
+def jetclr_views(key, batch, train=True, capacity=None):
     """JetCLR's two views (§4.1): both rotated and translated independently; the second also collinearly
-    split twice and soft-smeared. Used for validation too (the loss needs two views)."""
+    split twice (each jet up to `capacity` particles, default the P slots) and soft-smeared. Used for
+    validation too (the loss needs two views)."""
     keys = jax.random.split(key, 7)
     first = translate(keys[0], rotate(keys[1], batch))
-    second = collinear_split(keys[2], collinear_split(keys[3], rotate(keys[4], batch)))
+    second = collinear_split(keys[2], collinear_split(keys[3], rotate(keys[4], batch), capacity), capacity)
     second = translate(keys[5], smear(keys[6], second))
     return first, second
+
+
+def jetclr_lengths(n, capacity):
+    """Real particles of each jet in the two JetCLR views (numpy), for jets of `n` particles."""
+    once = n + split_count(n, capacity)
+    return n, once + split_count(once, capacity)
+
+
+def supcon_lengths(n, capacity):
+    """Real particles of each jet in the two SupCon views: at most the jet's own (dropout only removes)."""
+    return n, n
 
 
 def noise_and_smear(key, batch, angle_sigma=0.005, pt_resolution=0.05):

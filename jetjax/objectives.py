@@ -12,11 +12,13 @@ makes its views (augmentations or masking, from `key`), runs the encoder and hea
   mpm         30% of real particles removed from everything the encoder sees, decoder reconstructs them
   clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL
 """
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jetjax import augment, losses
 from jetjax.data.features import FEATURE_SETS, KINEMATIC_NAMES
@@ -26,11 +28,27 @@ IDENTITY_CHANNELS = frozenset(FEATURE_SETS["kinpid"]) - frozenset(KINEMATIC_NAME
 """Charge and particle-type flags: MPM predicts them as the 8-class particle ID, not by regression."""
 
 
-def encode(encoder, batch, train, mask=None):
-    return encoder(batch["features"], batch["vectors"], batch["mask"] if mask is None else mask, train=train)
+def encode(encoder, batch, train, plan, mask=None):
+    """The encoder on the batch (optionally with another `mask`), laid out by `plan` (models/layout.py)."""
+    return encoder(batch["features"], batch["vectors"], batch["mask"] if mask is None else mask, train=train,
+                   plan=plan)
 
 
-class Supervised(nn.Module):
+def with_layout_check(metrics, out):
+    """`metrics` plus `layout_overflow` (1 when a packed layout was too small for the batch: the engine stops)."""
+    if "layout_overflow" not in out:
+        return metrics
+    return {**metrics, "layout_overflow": out["layout_overflow"].astype(jnp.float32)}
+
+
+class EncoderLengths:
+    """Real particles of each jet the encoder sees, at most (host side, numpy): the batch's own by default."""
+
+    def encoder_lengths(self, lengths):
+        return lengths
+
+
+class Supervised(nn.Module, EncoderLengths):
     """Classifier on the encoder; `freeze_encoder` (linear probe) runs the encoder in eval mode (running
     BatchNorm statistics, no dropout) so that training leaves it untouched."""
 
@@ -39,34 +57,40 @@ class Supervised(nn.Module):
     freeze_encoder: bool = False
 
     @nn.compact
-    def __call__(self, batch, key, step=0, train=False):
-        out = encode(self.encoder, batch, train and not self.freeze_encoder)
+    def __call__(self, batch, key, step=0, train=False, plan=None):
+        out = encode(self.encoder, batch, train and not self.freeze_encoder, plan)
         loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
-        return loss, metrics, {"z": out["z"], "logits": out["logits"]}
+        return loss, with_layout_check(metrics, out), {"z": out["z"], "logits": out["logits"]}
 
 
 class Contrastive(nn.Module):
-    """Views from `make_views(key, batch, train)`, encoded together (one BatchNorm batch), projected, and
-    compared with SupCon (labels used) or NT-Xent (labels ignored)."""
+    """Views from `make_views(key, batch, train)`, encoded together (one BatchNorm batch, jet-major: the views
+    of a jet side by side), projected, and compared with SupCon (labels used) or NT-Xent (labels ignored).
+    `view_lengths(lengths, capacity)` bounds each view's multiplicities (host side)."""
 
     encoder: nn.Module
     make_views: Callable
+    view_lengths: Callable
+    capacity: int
     temperature: float
     use_labels: bool
     projection_hidden: int = 128
     projection_features: int = 128
 
+    def encoder_lengths(self, lengths):
+        return np.stack(self.view_lengths(np.asarray(lengths), self.capacity), axis=1).reshape(-1)
+
     @nn.compact
-    def __call__(self, batch, key, step=0, train=False):
+    def __call__(self, batch, key, step=0, train=False, plan=None):
         views = self.make_views(key, batch, train)
-        stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *views)
-        z = encode(self.encoder, stacked, train)["z"]
-        h = ProjectionHead(self.projection_hidden, self.projection_features, name="projection")(z)
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1).reshape(-1, *xs[0].shape[1:]), *views)
+        out = encode(self.encoder, stacked, train, plan)
+        h = ProjectionHead(self.projection_hidden, self.projection_features, name="projection")(out["z"])
         size = batch["mask"].shape[0]
-        h = jnp.stack(jnp.split(h, len(views), axis=0), axis=1)  # (B, V, d)
+        h = h.reshape(size, len(views), -1)  # (B, V, d)
         labels = batch["label"] if self.use_labels else None
         loss, metrics = losses.supcon(h, labels, self.temperature, base_temperature=self.temperature)
-        return loss, metrics, {"z": z[:size]}
+        return loss, with_layout_check(metrics, out), {"z": out["z"].reshape(size, len(views), -1)[:, 0]}
 
 
 def choose_masked(key, mask, fraction):
@@ -74,7 +98,7 @@ def choose_masked(key, mask, fraction):
     return augment.random_real_subset(key, mask, jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True)))
 
 
-class MaskedParticleModel(nn.Module):
+class MaskedParticleModel(nn.Module, EncoderLengths):
     """MPM (MAE variant): masked particles leave the encoder's mask, so they vanish from attention keys,
     pair features and BatchNorm statistics; the decoder predicts their continuous input features (L1) and,
     when the feature set has particle identity, their 8-class ID."""
@@ -82,25 +106,27 @@ class MaskedParticleModel(nn.Module):
     encoder: nn.Module
     target_channels: tuple
     with_pid: bool
+    max_particles: int
     mask_fraction: float = 0.3
     decoder_width: int = 64
     decoder_layers: int = 2
     decoder_heads: int = 4
 
     @nn.compact
-    def __call__(self, batch, key, step=0, train=False):
+    def __call__(self, batch, key, step=0, train=False, plan=None):
         masked = choose_masked(key, batch["mask"], self.mask_fraction)
-        out = encode(self.encoder, batch, train, mask=batch["mask"] & ~masked)
-        decoder = MaskedParticleDecoder(len(self.target_channels), self.decoder_width, self.decoder_layers,
-                                        self.decoder_heads, 8 if self.with_pid else 0, name="decoder")
+        out = encode(self.encoder, batch, train, plan, mask=batch["mask"] & ~masked)
+        decoder = MaskedParticleDecoder(len(self.target_channels), self.max_particles, self.decoder_width,
+                                        self.decoder_layers, self.decoder_heads, 8 if self.with_pid else 0,
+                                        name="decoder")
         pred = decoder(out["tokens"], batch["mask"], masked, train=train)
         target = batch["features"][..., jnp.asarray(self.target_channels)]
         loss, metrics = losses.masked_particle(
             pred["features"], target, masked, pred.get("pid_logits"), batch["pid"] if self.with_pid else None)
-        return loss, metrics, {"z": out["z"]}
+        return loss, with_layout_check(metrics, out), {"z": out["z"]}
 
 
-class ClipVAE(nn.Module):
+class ClipVAE(nn.Module, EncoderLengths):
     """CLIP-VAE on the jet representation; the latent noise is warmed up linearly over `kl_warmup_steps`."""
 
     encoder: nn.Module
@@ -114,34 +140,38 @@ class ClipVAE(nn.Module):
     kl_warmup_steps: int = 10_000
 
     @nn.compact
-    def __call__(self, batch, key, step=0, train=False):
-        out = encode(self.encoder, batch, train)
+    def __call__(self, batch, key, step=0, train=False, plan=None):
+        out = encode(self.encoder, batch, train, plan)
         noise_scale = jnp.minimum(1.0, step / max(self.kl_warmup_steps, 1))
         head = VAEHead(self.latent, self.decoder_width, self.decoder_layers, self.decoder_heads, name="vae")
         vae = head(out["z"], batch["mask"], key if train else None, noise_scale, train=train)
         target = augment.vae_target(batch)
         loss, metrics = losses.vae(vae["recon"], target, batch["mask"], vae["mu"], vae["logvar"], self.beta,
                                    self.clip_fraction, self.r0)
-        return loss, metrics, {"z": out["z"], "mu": vae["mu"]}
+        return loss, with_layout_check(metrics, out), {"z": out["z"], "mu": vae["mu"]}
 
 
-def build(name: str, encoder: nn.Module, feature_set: str = "kin", **settings: Any) -> nn.Module:
+def build(name: str, encoder: nn.Module, feature_set: str = "kin", num_particles: int = 128,
+          **settings: Any) -> nn.Module:
     """The objective module `name` around `encoder`; `settings` are that objective's config fields.
 
     The input `feature_set` ('kin', 'kinpid', 'full') decides MPM's targets: every channel but particle
-    identity is reconstructed; identity, when present, becomes the 8-class particle-ID target.
+    identity is reconstructed; identity, when present, becomes the 8-class particle-ID target. `num_particles`
+    (P) is the most particles a jet may hold (JetCLR's splitting fills jets up to it; MPM's null tokens).
     """
     if name == "supervised":
         return Supervised(encoder, **settings)
     if name == "supcon":
-        return Contrastive(encoder, augment.supcon_views, use_labels=True, **{"temperature": 0.07, **settings})
+        return Contrastive(encoder, augment.supcon_views, augment.supcon_lengths, num_particles, use_labels=True,
+                           **{"temperature": 0.07, **settings})
     if name == "jetclr":
-        return Contrastive(encoder, augment.jetclr_views, use_labels=False, **{"temperature": 0.1, **settings})
+        return Contrastive(encoder, functools.partial(augment.jetclr_views, capacity=num_particles),
+                           augment.jetclr_lengths, num_particles, use_labels=False, **{"temperature": 0.1, **settings})
     if name == "mpm":
         names = FEATURE_SETS[feature_set]
         targets = tuple(i for i, n in enumerate(names) if n not in IDENTITY_CHANNELS)
         with_pid = any(n in IDENTITY_CHANNELS for n in names)
-        return MaskedParticleModel(encoder, targets, with_pid, **settings)
+        return MaskedParticleModel(encoder, targets, with_pid, num_particles, **settings)
     if name == "clipvae":
         return ClipVAE(encoder, **settings)
     raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); "

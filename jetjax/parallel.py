@@ -45,5 +45,21 @@ def shard_batch(batch, mesh):
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def needs_step_sync(mesh):
+    """Whether the host must wait for each step: several CPU devices on a small machine can deadlock in
+    XLA's CPU all-reduce when steps queue up (API_NOTES.md); everywhere else steps run asynchronously."""
+    return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def gather_hosts(values):
+    """This host's per-jet `values` (numpy (B_host,)) -> those of the global batch, host by host (the order
+    of the global batch); the values themselves on a single host."""
+    if jax.process_count() == 1:
+        return values
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(-1)
+
+
 def replicate(tree, mesh):
     return jax.device_put(tree, replicated(mesh))

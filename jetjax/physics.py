@@ -60,20 +60,29 @@ def mass2(v):
     return v[..., 3] ** 2 - ((v[..., 0] ** 2 + v[..., 1] ** 2) + v[..., 2] ** 2)
 
 
-def pair_features(v_i, v_j):
+def pair_kinematics(v):
+    """(..., 3) pT, rapidity, phi of each particle: what the pair features need of each member of a pair."""
+    xp = _xp(v)
+    return xp.stack([pt(v), rapidity(v), phi(v)], axis=-1)
+
+
+def pair_features(v_i, v_j, kin_i=None, kin_j=None):
     """ParT pairwise interaction features of particle pairs (i, j), elementwise over broadcast shapes.
 
     Args:
       v_i, v_j: (..., 4) four-vectors (px, py, pz, E) of the two particles of each pair; all pairs of one
         jet's particles v (P, 4) are `pair_features(v[:, None], v[None, :])`.
+      kin_i, kin_j: optionally `pair_kinematics` of v_i and v_j, computed once per particle by the caller.
     Returns:
       (..., 4) array [ln kT, ln z, ln dR, ln m^2], symmetric under i <-> j: dR is the rapidity-azimuth
       distance, kT = min(pT_i, pT_j) dR, z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 = (p_i + p_j)^2;
       each clamped at EPS before the log.
     """
     xp = _xp(v_i)
-    pt_i, pt_j = pt(v_i), pt(v_j)
-    dr = delta_r(rapidity(v_i), phi(v_i), rapidity(v_j), phi(v_j))
+    kin_i = pair_kinematics(v_i) if kin_i is None else kin_i
+    kin_j = pair_kinematics(v_j) if kin_j is None else kin_j
+    pt_i, pt_j = kin_i[..., 0], kin_j[..., 0]
+    dr = delta_r(kin_i[..., 1], kin_i[..., 2], kin_j[..., 1], kin_j[..., 2])
     pt_min = xp.minimum(pt_i, pt_j)
     kt = pt_min * dr
     z = pt_min / xp.maximum(pt_i + pt_j, EPS)

@@ -18,6 +18,8 @@ import tqdm
 
 from jetjax import optim, parallel
 from jetjax.checkpoint import Checkpoints
+from jetjax.data import pipeline
+from jetjax.models.layout import plan_layout, slot_bucket
 
 
 @flax.struct.dataclass
@@ -51,15 +53,16 @@ def step_keys(state):
 
 
 def make_train_step(model, tx):
-    """state, batch -> new state, metrics (loss, the objective's metrics, gradient norm)."""
+    """state, batch, plan -> new state, metrics (loss, the objective's metrics, gradient norm). `plan` is the
+    batch's static layout (models/layout.py; None = every slot): one compiled program per plan."""
 
-    def train_step(state, batch):
+    def train_step(state, batch, plan):
         view_key, dropout_key = step_keys(state)
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
             (loss, metrics, _), new = model.apply(variables, batch, view_key, step=state.step, train=True,
-                                                  rngs={"dropout": dropout_key}, mutable=["batch_stats"])
+                                                  plan=plan, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
             return loss, (metrics, new.get("batch_stats", {}))
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -68,20 +71,78 @@ def make_train_step(model, tx):
                               opt_state=opt_state, step=state.step + 1)
         return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
-    return jax.jit(train_step, donate_argnums=0)
+    return jax.jit(train_step, donate_argnums=0, static_argnums=2)
 
 
 def make_eval_step(model):
-    """state, batch -> metrics, outputs (eval mode: running statistics, no dropout; views from a key fixed
-    per step so validation is reproducible)."""
+    """state, batch, plan -> metrics, outputs (eval mode: running statistics, no dropout; views from a key
+    fixed per step so validation is reproducible)."""
 
-    def eval_step(state, batch):
+    def eval_step(state, batch, plan):
         view_key, _ = step_keys(state)
         variables = {"params": state.params, "batch_stats": state.batch_stats}
-        loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False)
+        loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False, plan=plan)
         return {**metrics, "loss": loss}, outputs
 
-    return jax.jit(eval_step)
+    return jax.jit(eval_step, static_argnums=2)
+
+
+def run_steps(state, train_step, feeder, batches):
+    """The train step dispatched on every batch of `batches`, fed by `feeder`: yields (state, metrics) as soon
+    as each step is queued; the host waits for a step only where the devices need it (Feeder.sync_each_step)."""
+    for device_batch, plan, _ in feeder(batches):
+        state, metrics = train_step(state, device_batch, plan)
+        if feeder.sync_each_step:  # API_NOTES: CPU collectives of queued steps can deadlock
+            jax.block_until_ready(metrics)
+        yield state, metrics
+
+
+LAYOUT_DEFAULTS = dict(packed=True, groups=4, slot_multiple=16, eval_window=16)
+"""config.layout: how batches are computed (never what): `packed` per-particle layers and pair MLP on real
+particles and pairs only; attention on `groups` groups of jets sorted by multiplicity; slot counts rounded up
+to multiples of `slot_multiple`; validation and test jets grouped by multiplicity within windows of
+`eval_window` batches."""
+
+
+def layout_settings(config):
+    """config.layout with the defaults filled in (runs saved before the section existed have none)."""
+    import ml_collections
+
+    return ml_collections.ConfigDict({**LAYOUT_DEFAULTS, **config.get("layout", {})})
+
+
+class Feeder:
+    """How host batches reach the compiled steps: each batch is cut to the smallest slot bucket that holds
+    what the encoder will see (`layout.slot_multiple`), given the packed layout plan of its multiplicities
+    (`layout.packed`, `layout.groups`: models/layout.py), and placed on the devices in a background thread
+    while the current step runs. Several hosts agree on the slot count and plan from every host's
+    multiplicities. Results never depend on any of this (padding invariance); only the speed does."""
+
+    def __init__(self, model, mesh, num_particles, layout):
+        self.model, self.mesh, self.num_particles = model, mesh, num_particles
+        self.packed, self.groups, self.slot_multiple = layout.packed, layout.groups, layout.slot_multiple
+        self.sync_each_step = parallel.needs_step_sync(mesh)
+        self.plans = set()
+
+    def prepare(self, batch):
+        """(the batch cut to its slot bucket, its layout plan or None)."""
+        lengths = parallel.gather_hosts(batch["mask"].sum(axis=1))
+        encoder_lengths = self.model.encoder_lengths(lengths)
+        slots = slot_bucket(max(int(encoder_lengths.max()), 1), self.slot_multiple, self.num_particles)
+        batch = {k: v[:, :slots] if v.ndim > 1 and k != "jet" else v for k, v in batch.items()}
+        plan = plan_layout(encoder_lengths, slots, self.mesh.size, self.groups, self.slot_multiple) \
+            if self.packed else None
+        self.plans.add((slots, plan))
+        return batch, plan
+
+    def __call__(self, batches, size=2):
+        """(device batch, plan, host batch) for each host batch, prepared `size` ahead in a thread."""
+        def placed():
+            for batch in batches:
+                cut, plan = self.prepare(batch)
+                inputs = {k: cut[k] for k in pipeline.MODEL_INPUTS if k in cut}
+                yield parallel.shard_batch(inputs, self.mesh), plan, batch
+        return pipeline.prefetch(placed(), size)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -110,7 +171,8 @@ def build_model(config):
     if config.objective.name == "supervised":
         raise ValueError("config.objective.name='supervised' is not a pretraining objective; "
                          "use mode='supervised' or one of supcon, jetclr, mpm, clipvae")
-    return objectives.build(config.objective.name, encoder, config.data.feature_set, **settings)
+    return objectives.build(config.objective.name, encoder, config.data.feature_set, config.data.num_particles,
+                            **settings)
 
 
 def data_settings(config, workdir):
@@ -207,34 +269,58 @@ class MetricsLog:
 
 def pad_batch(batch, size):
     """A batch of exactly `size` jets (the natural stream's last batch is shorter): extra jets have no
-    particles and are dropped from every result by the caller."""
+    particles, position -1, and are dropped from every result."""
     n = len(batch["label"])
     if n == size:
         return batch
-    return {k: np.concatenate([v, np.zeros((size - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+    pad = {k: np.zeros((size - n,) + v.shape[1:], v.dtype) for k, v in batch.items()}
+    pad["position"] = np.full(size - n, -1, np.int64)
+    return {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
 
 
-def run_eval(state, eval_step, batches, mesh, batch_size, keep_embeddings=0):
-    """Mean metrics over `batches` and, for classifiers, the softmax scores, labels and the first
-    `keep_embeddings` representations of the real jets."""
-    sums, count, scores, labels, embeddings = {}, 0, [], [], []
-    for batch in batches:
-        n = len(batch["label"])
-        metrics, outputs = eval_step(state, parallel.shard_batch(pad_batch(batch, batch_size), mesh))
-        metrics, outputs = jax.device_get((metrics, outputs))
-        for k, v in metrics.items():  # padded jets only exist in the last batch of the natural stream
-            sums[k] = sums.get(k, 0.0) + float(v) * n
-        count += n
-        labels.append(batch["label"])
-        if "logits" in outputs:
-            scores.append(jax.nn.softmax(outputs["logits"][:n].astype(np.float64), axis=-1))
-        if sum(len(e) for e in embeddings) < keep_embeddings:
-            embeddings.append(outputs["z"][:n])
-    result = {"metrics": {k: v / max(count, 1) for k, v in sums.items()}, "labels": np.concatenate(labels)}
-    if scores:
-        result["scores"] = np.concatenate(scores)
-    if embeddings:
-        result["embeddings"] = np.concatenate(embeddings)[:keep_embeddings]
+def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddings=0):
+    """Mean metrics over `batches` and, for classifiers, the softmax scores and labels of every jet and the
+    first `keep_embeddings` representations, all in the stream's order. Jets are grouped by multiplicity
+    within windows of `window` batches (pipeline.grouped_by_length) so that most batches land in small slot
+    buckets; results are fetched from the devices once per window."""
+    sums, count, parts, pending = {}, 0, [], []
+
+    def fetch():
+        nonlocal count
+        for (metrics, outputs), position in jax.device_get(pending):
+            real = position >= 0
+            n = int(real.sum())
+            for k, v in metrics.items():  # padded jets only exist in the last batch of the natural stream
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+            part = {"position": position[real]}
+            if "logits" in outputs:
+                part["scores"] = jax.nn.softmax(outputs["logits"][real].astype(np.float64), axis=-1)
+            kept = real & (position < keep_embeddings)
+            part["embeddings"] = outputs["z"][kept]
+            part["embedding_position"] = position[kept]
+            parts.append(part)
+        pending.clear()
+
+    labels = []
+    stream = (pad_batch(batch, batch_size) for batch in pipeline.grouped_by_length(batches, window))
+    for device_batch, plan, batch in feeder(stream):
+        pending.append((eval_step(state, device_batch, plan), batch["position"]))
+        labels.append(batch["label"][batch["position"] >= 0])
+        if feeder.sync_each_step:
+            jax.block_until_ready(pending[-1][0])
+        if len(pending) == window:
+            fetch()
+    fetch()
+    position = np.concatenate([p["position"] for p in parts])
+    order = np.argsort(position)
+    result = {"metrics": {k: v / max(count, 1) for k, v in sums.items()},
+              "labels": np.concatenate(labels)[order]}
+    if "scores" in parts[0]:
+        result["scores"] = np.concatenate([p["scores"] for p in parts])[order]
+    if keep_embeddings:
+        embedding_order = np.argsort(np.concatenate([p["embedding_position"] for p in parts]))
+        result["embeddings"] = np.concatenate([p["embeddings"] for p in parts])[embedding_order]
     return result
 
 
@@ -248,10 +334,39 @@ def selection_value(config, validation, class_names):
     return "val_macro_auc", metrics.macro_roc_auc(validation["scores"], validation["labels"], class_names), True
 
 
+class StepMetrics:
+    """Training metrics left on the devices and fetched together (no host synchronisation per step).
+    `flush` checks that every step's loss is finite, so a diverged run stops before anything of it is saved,
+    and returns (last step, mean of each metric over the steps)."""
+
+    def __init__(self, workdir, steps_per_epoch):
+        self.workdir, self.steps_per_epoch, self.pending = workdir, steps_per_epoch, []
+
+    def add(self, step, metrics):
+        self.pending.append((step, metrics))
+
+    def flush(self):
+        if not self.pending:
+            return None
+        steps, values = zip(*self.pending)
+        values = jax.device_get(values)
+        self.pending = []
+        for step, v in zip(steps, values):
+            epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
+            if not np.isfinite(v["loss"]):
+                raise FloatingPointError(
+                    f"{self.workdir}: the training loss is {float(v['loss'])} at step {step} (epoch {epoch}, batch "
+                    f"{batch}); the latest checkpoint holds the last validated state. Lower "
+                    "optimizer.learning_rate or check data_report.json.")
+            if v.get("layout_overflow", 0.0) > 0:
+                raise RuntimeError(f"{self.workdir}: step {step}: a batch exceeded its packed layout plan (a bug "
+                                   "in an objective's encoder_lengths); set layout.packed=False to run without")
+        return steps[-1], {k: float(np.mean([v[k] for v in values])) for k in values[0]}
+
+
 def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
-    from jetjax.data import pipeline
     from jetjax.data.classes import get_scheme
     from jetjax.data.readers import DataReport
 
@@ -266,7 +381,8 @@ def fit(config, workdir):
     data = data_settings(config, workdir)
     host_batch, host = batch_size // jax.process_count(), jax.process_index()  # each host reads its share
     sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
-                                        jax.process_count(), seed=config.seed + 1000 * host, report=report)
+                                        jax.process_count(), seed=config.seed + 1000 * host, report=report,
+                                        length_window=config.data.length_grouping)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
                               trainable=optim.is_head if config.mode == "probe" else None)
@@ -281,47 +397,49 @@ def fit(config, workdir):
     if restored is not None:
         state, record = restored
         print(f"resuming {workdir} at epoch {record['epoch']} batch {record['batch']} (step {int(state.step)})")
+    step = int(state.step)
     state = parallel.replicate(state, mesh)
     train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
+    layout = layout_settings(config)
+    feeder = Feeder(model, mesh, config.data.num_particles, layout)
     class_names = get_scheme(config.data.scheme).names
-    log = MetricsLog(workdir)
+    log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     try:
         with StopRequest() as stop:
             for epoch in range(record["epoch"], epochs):
                 bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
                                 unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}",
                                 disable=host != 0)
-                for batch in pipeline.prefetch(sampler.batches(epoch, record["batch"])):
-                    state, metrics = train_step(state, parallel.shard_batch(batch, mesh))
-                    metrics = jax.device_get(metrics)  # one step at a time (API_NOTES: CPU collectives)
+                for state, metrics in run_steps(state, train_step, feeder, sampler.batches(epoch, record["batch"])):
+                    step += 1
                     record["batch"] += 1
-                    if not np.isfinite(metrics["loss"]):
-                        raise FloatingPointError(
-                            f"{workdir}: the training loss is {float(metrics['loss'])} at step {int(state.step)} "
-                            f"(epoch {epoch + 1}, batch {record['batch']}); the latest checkpoint holds the last "
-                            "validated state. Lower optimizer.learning_rate or check data_report.json.")
+                    pending.add(step, metrics)
                     bar.update(batch_size)
-                    bar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-                    if int(state.step) % config.train.log_every == 0:
-                        log.write("train", state.step, metrics)
+                    if step % config.train.log_every == 0 or stop.requested:
+                        logged = pending.flush()
+                        log.write("train", *logged)
+                        bar.set_postfix(loss=f"{logged[1]['loss']:.4f}")
                     if stop.requested:
-                        checkpoints.save("latest", state.step, state, record)
+                        checkpoints.save("latest", step, state, record)
                         checkpoints.wait()
                         print(f"stopped by a signal; saved {workdir} at epoch {epoch} batch {record['batch']}")
                         return record
                 bar.close()
-                validation = run_eval(state, eval_step, pipeline.validation_batches(
+                logged = pending.flush()
+                if logged:
+                    log.write("train", *logged)
+                validation = run_eval(state, eval_step, feeder, pipeline.validation_batches(
                     **data, num_jets=config.data.val_size // jax.process_count(), batch_size=host_batch,
-                    seed=config.seed + 1 + 1000 * host), mesh, host_batch)
+                    seed=config.seed + 1 + 1000 * host), host_batch, layout.eval_window)
                 name, value, higher_is_better = selection_value(config, validation, class_names)
-                log.write("val", state.step, {**validation["metrics"], name: value})
+                log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans)})
                 best = record["best"]
                 improved = best is None or (value > best if higher_is_better else value < best)
                 record = {"epoch": epoch + 1, "batch": 0, "best": value if improved else best,
                           "selection": name}
-                checkpoints.save("latest", state.step, state, record)
+                checkpoints.save("latest", step, state, record)
                 if improved:
-                    checkpoints.save("best", state.step, state, record)
+                    checkpoints.save("best", step, state, record)
                 print(f"epoch {epoch + 1}: {name} {value:.4f}" + (" (best)" if improved else ""))
             checkpoints.wait()
     finally:
@@ -341,7 +459,6 @@ def evaluate(config, workdir):
     import ml_collections
 
     from jetjax import metrics, report
-    from jetjax.data import pipeline
     from jetjax.data.classes import get_scheme
 
     run = Path(config.evaluate.run or workdir)
@@ -357,8 +474,10 @@ def evaluate(config, workdir):
                                           key=jax.random.key(run_config.seed)), mesh)
     scheme = get_scheme(run_config.data.scheme)
     data = data_settings(run_config, run)
-    result = run_eval(state, make_eval_step(model), pipeline.test_batches(**data, batch_size=batch_size), mesh,
-                      batch_size, keep_embeddings=config.evaluate.embeddings)
+    layout = layout_settings(run_config)
+    result = run_eval(state, make_eval_step(model), Feeder(model, mesh, run_config.data.num_particles, layout),
+                      pipeline.test_batches(**data, batch_size=batch_size), batch_size, layout.eval_window,
+                      keep_embeddings=config.evaluate.embeddings)
     background = next((n for n in scheme.names if n.lower() == "qcd"), None)
     values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=background)
     out = run / "evaluation"

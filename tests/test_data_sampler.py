@@ -171,3 +171,24 @@ def test_a_group_of_only_unreadable_files_is_skipped_then_fails_clearly(dataset,
     with pytest.raises(DataError, match="group 'QCD' yield no jets"):
         list(s.batches())
     assert report.skipped_files and report.skipped_files[0][0] == str(bad)
+
+
+def test_length_grouped_sampler_keeps_the_epoch_groups_by_multiplicity_and_resumes(dataset):
+    plain, grouped = sampler(dataset), sampler(dataset, length_window=5)
+    a, b = list(plain.batches(1)), list(grouped.batches(1))
+    assert len(a) == len(b) == grouped.batches_per_epoch == 10
+
+    def jets(batches):
+        return sorted(zip(*(np.concatenate([x[k] if k == "label" else x[k].sum(1) if k == "mask" else x[k][:, 0, 0]
+                                            for x in batches]) for k in ("label", "mask", "features"))))
+
+    assert jets(a) == jets(b)  # the same jets: only their batches differ
+    spread = lambda batches: np.mean([np.ptp(x["mask"].sum(1)) for x in batches])
+    assert spread(b) < 0.5 * spread(a)
+    resumed = list(grouped.batches(1, start_batch=7))
+    assert len(resumed) == 3
+    for x, y in zip(resumed, b[7:]):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k])
+    again = list(sampler(dataset, length_window=5).batches(1))
+    np.testing.assert_array_equal(np.concatenate([x["label"] for x in again]), np.concatenate([x["label"] for x in b]))

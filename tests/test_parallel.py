@@ -1,4 +1,5 @@
-"""Data parallelism: a train step on 2 simulated CPU devices equals the same step on one device.
+"""Data parallelism: train steps on 2 simulated CPU devices equal the same steps on one device, through the
+engine's feeding (slot buckets, packed layouts with one shard per device).
 
 The optimizer here is plain SGD: a few parameters have an exactly zero gradient in theory (biases that
 feed a BatchNorm, the attention key bias) and float rounding noise in practice, which Adam's
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = textwrap.dedent("""
     import json, sys
-    import jax, numpy as np
+    import jax, ml_collections, numpy as np
     sys.path.insert(0, "tests")
     from conftest import toy_jets
     import optax
@@ -23,30 +24,38 @@ SCRIPT = textwrap.dedent("""
     from jetjax.models.part import ParT
 
     assert jax.device_count() == 2, jax.devices()
+    one_device = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     results = {}
     for name in ("supervised", "supcon"):
         encoder = ParT(num_classes=3 if name == "supervised" else None, embed_dims=(16, 32, 16),
-                       pair_embed_dims=(8,), num_heads=2, num_layers=1, num_cls_layers=1)
+                       pair_embed_dims=(8,), num_heads=2, num_layers=1, num_cls_layers=1, dropout=0.0,
+                       attn_dropout=0.0, activation_dropout=0.0)  # dropout masks follow the layout's shapes
         heads = {} if name == "supervised" else dict(projection_hidden=16, projection_features=16)
-        model = objectives.build(name, encoder, "kin", **heads)
+        model = objectives.build(name, encoder, "kin", 16, **heads)
         tx = optax.sgd(0.05)
         batches = [{k: np.asarray(v) for k, v in toy_jets(s, batch=8, slots=16, lengths=None).items()}
                    for s in range(3)]
         step = train.make_train_step(model, tx)
-        runs = []
-        for mesh in (None, parallel.data_mesh()):
-            state = train.init_state(model, tx, batches[0], jax.random.key(0))
-            if mesh is not None:
-                state = parallel.replicate(state, mesh)
-            losses = []
-            for b in batches:
-                b = parallel.shard_batch(b, mesh) if mesh is not None else b
-                state, metrics = step(state, b)
-                losses.append(float(jax.block_until_ready(metrics["loss"])))
-            runs.append((losses, jax.tree.map(np.asarray, state.params)))
-        (l1, p1), (l2, p2) = runs
-        diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)))
-        results[name] = {"losses_1": l1, "losses_2": l2, "max_param_diff": diff}
+        runs = {}
+        for mesh_name, mesh in (("1", one_device), ("2", parallel.data_mesh())):
+            for packed in (False, True):
+                layout = ml_collections.ConfigDict({**train.LAYOUT_DEFAULTS, "packed": packed, "groups": 2,
+                                                    "slot_multiple": 4})
+                feeder = train.Feeder(model, mesh, 16, layout)
+                state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
+                losses, plans = [], []
+                for device_batch, plan, _ in feeder(batches):
+                    state, metrics = step(state, device_batch, plan)
+                    losses.append(float(jax.block_until_ready(metrics["loss"])))
+                    plans.append(None if plan is None else plan.shards)
+                runs[f"{mesh_name} devices, packed={packed}"] = (losses, jax.tree.map(np.asarray, state.params),
+                                                                  plans)
+        reference_losses, reference_params, _ = runs["1 devices, packed=False"]
+        for key, (losses, params, plans) in runs.items():
+            diff = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(reference_params),
+                                                                    jax.tree.leaves(params)))
+            results[f"{name}, {key}"] = {"losses_reference": reference_losses, "losses": losses,
+                                         "max_param_diff": diff, "shards": plans}
     print(json.dumps(results))
 """)
 
@@ -58,8 +67,10 @@ def test_two_devices_equal_one_device():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(results) == 8
     for name, r in results.items():
-        assert abs(r["losses_1"][0] - r["losses_2"][0]) <= 1e-5 * max(1.0, abs(r["losses_1"][0])), (name, r)
-        for a, b in zip(r["losses_1"], r["losses_2"]):
+        for a, b in zip(r["losses_reference"], r["losses"]):
             assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (name, r)
         assert r["max_param_diff"] <= 1e-5, (name, r)
+        if "packed=True" in name:  # one packed shard per device
+            assert r["shards"] == [2 if name.split(", ")[1].startswith("2") else 1] * 3, (name, r)

@@ -154,3 +154,22 @@ def test_bad_config_names_the_key():
         ParT(**TINY, ffn="swiglu").init(jax.random.key(0), f, v, m)
     with pytest.raises(ValueError, match="model.head"):
         ParT(**TINY, head="deep").init(jax.random.key(0), f, v, m)
+
+
+def test_dropout_keeps_each_element_with_probability_one_minus_rate_independently():
+    from jetjax.models.layers import Dropout
+
+    x = jnp.ones((32, 64, 128))
+    drop = Dropout(0.1)
+    run = lambda seed: np.asarray(drop.apply({}, x, False, rngs={"dropout": jax.random.key(seed)}))
+    a, b = run(0), run(1)
+    kept, n = a > 0, a.size
+    sigma = np.sqrt(0.09 / n)
+    assert abs(kept.mean() - 0.9) < 4 * sigma
+    np.testing.assert_allclose(a[kept], 1 / 0.9, rtol=1e-6)  # inverted dropout: the expectation is kept
+    np.testing.assert_array_equal(run(0), a)  # a function of the key
+    assert abs((kept == (b > 0)).mean() - 0.82) < 8 * sigma  # another key: an independent mask (0.9^2 + 0.1^2)
+    for axis in range(3):  # neighbours along every axis are independent too
+        both = np.moveaxis(kept, axis, 0)
+        assert abs((both[1:] & both[:-1]).mean() - 0.81) < 8 * sigma
+    np.testing.assert_array_equal(drop.apply({}, x, True), x)

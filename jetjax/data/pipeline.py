@@ -29,11 +29,36 @@ from jetjax.data.sampler import StratifiedSampler, natural_batches
 
 def training_sampler(root=None, split="train", feature_set="kin", num_particles=128, batch_size=256,
                      epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
-                     buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any"):
-    """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch."""
-    return StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
-                             num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
-                             skip_bad_files, report)
+                     buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any",
+                     length_window=0):
+    """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch. With
+    `length_window` > 1, batches are regrouped by multiplicity within windows of that many batches
+    (`LengthGroupedSampler`)."""
+    sampler = StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
+                                num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
+                                skip_bad_files, report)
+    return LengthGroupedSampler(sampler, length_window) if length_window > 1 else sampler
+
+
+class LengthGroupedSampler:
+    """A training sampler whose batches hold jets of similar multiplicity (config `data.length_grouping`):
+    the jets of each window of `window` consecutive batches are sorted by multiplicity and re-cut
+    (`grouped_by_length`), and the window's batches come in a random order. An epoch keeps its jets and
+    class fractions, but a batch's class mix follows multiplicity, which correlates with class. Still a
+    function of (seed, epoch): `batches(epoch, start_batch)` resumes at any batch."""
+
+    def __init__(self, sampler, window):
+        self.sampler, self.window = sampler, window
+        self.batches_per_epoch, self.report = sampler.batches_per_epoch, sampler.report
+
+    def batches(self, epoch=0, start_batch=0):
+        first = start_batch // self.window
+        stream = grouped_by_length(self.sampler.batches(epoch, first * self.window), self.window)
+        for index, window in enumerate(_windows(stream, self.window), start=first):
+            order = np.random.default_rng((self.sampler.seed, epoch, index, 1)).permutation(len(window))
+            for b, i in enumerate(order):
+                if index * self.window + b >= start_batch:
+                    yield {k: v for k, v in window[i].items() if k != "position"}
 
 
 def validation_batches(root=None, num_jets=100_000, feature_set="kin", num_particles=128, batch_size=256,
@@ -52,6 +77,37 @@ def test_batches(root=None, feature_set="kin", num_particles=128, batch_size=256
     return natural_batches(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
                            num_particles, batch_size, chunk_size, skip_bad_files,
                            DataReport() if report is None else report)
+
+
+MODEL_INPUTS = ("features", "vectors", "mask", "jet", "label", "pid")
+"""The keys of a batch that models see (other keys, like a stream `position`, stay on the host)."""
+
+
+def grouped_by_length(batches, window):
+    """The jets of `batches` re-cut into batches of the same size in which jets of similar multiplicity sit
+    together: within each window of `window` consecutive batches, jets are sorted by their number of real
+    particles (stable). Each batch gains `position`, every jet's index in the original stream, so that
+    results can be put back in stream order. The last batch of a window may be shorter."""
+    start = 0
+    for window_batches in _windows(batches, window):
+        merged = {k: np.concatenate([b[k] for b in window_batches]) for k in window_batches[0]}
+        size, total = len(window_batches[0]["label"]), len(merged["label"])
+        order = np.argsort(merged["mask"].sum(axis=1), kind="stable")
+        for first in range(0, total, size):
+            rows = order[first:first + size]
+            yield {**{k: v[rows] for k, v in merged.items()}, "position": start + rows}
+        start += total
+
+
+def _windows(items, size):
+    window = []
+    for item in items:
+        window.append(item)
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 _END = object()

@@ -3,7 +3,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax.models.layers import Block, torch_linear_init
+from jetjax.models.layers import Block, Dropout, torch_linear_init
+from jetjax.models.layout import DenseLayout
 
 
 class Classifier(nn.Module):
@@ -20,7 +21,7 @@ class Classifier(nn.Module):
     def __call__(self, z, train: bool = False):
         if self.kind == "mlp":
             z = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=torch_linear_init, name="hidden")(z)
-            z = nn.Dropout(self.dropout)(nn.gelu(z, approximate=False), deterministic=not train)
+            z = Dropout(self.dropout)(nn.gelu(z, approximate=False), deterministic=not train)
         elif self.kind != "linear":
             raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_linear_init, name="out")(z)
@@ -53,10 +54,12 @@ class MaskedParticleDecoder(nn.Module):
     Encoder tokens of visible particles are projected to the decoder width; the k-th masked particle of a
     jet (in slot order, i.e. pT order) receives the learned null token T[k], which is how the decoder knows
     which particle to reconstruct. A few ParT blocks without pair bias run over all real slots, then linear
-    heads predict the masked particles' features and (optionally) their 8-class particle ID.
+    heads predict the masked particles' features and (optionally) their 8-class particle ID. There is one
+    null token per possible particle (`max_particles`, the config's P), whatever slot count a batch has.
     """
 
     num_features: int
+    max_particles: int
     width: int = 64
     num_layers: int = 2
     num_heads: int = 4
@@ -65,14 +68,14 @@ class MaskedParticleDecoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, mask, masked, train: bool = False):
         slots = tokens.shape[1]
-        null_tokens = self.param("null_tokens", nn.initializers.normal(1e-3), (slots, self.width))
+        null_tokens = self.param("null_tokens", nn.initializers.normal(1e-3), (self.max_particles, self.width))
         order = jnp.clip(jnp.cumsum(masked, axis=1) - 1, 0, slots - 1)
         x = nn.Dense(self.width, kernel_init=torch_linear_init, name="project")(tokens)
         x = jnp.where(masked[..., None], null_tokens[order], x)
         x = jnp.where(mask[..., None], x, 0.0)
         for i in range(self.num_layers):
             x = Block(self.num_heads, "gelu", 4.0, 0.0, 0.0, 0.0, 0.0, None, jnp.float32, name=f"blocks_{i}")(
-                x, mask, train=train)
+                x, DenseLayout(mask), train=train)
         x = nn.LayerNorm(epsilon=1e-5, name="norm")(x)
         out = {"features": nn.Dense(self.num_features, kernel_init=torch_linear_init, name="features")(x)}
         if self.num_pid_classes:
@@ -108,7 +111,7 @@ class VAEHead(nn.Module):
         for i in range(self.num_layers):
             x = x + nn.Dense(self.width, kernel_init=torch_linear_init, name=f"latent_{i}")(latent)[:, None, :]
             x = Block(self.num_heads, "gelu", 1.0, 0.0, 0.0, 0.0, 0.0, None, jnp.float32, name=f"blocks_{i}")(
-                x, mask, train=train)
+                x, DenseLayout(mask), train=train)
         x = nn.leaky_relu(nn.Dense(self.width, kernel_init=torch_linear_init, name="out_hidden")(x))
         out = nn.Dense(3, kernel_init=torch_linear_init, name="out")(x)
         recon = jnp.concatenate([jnp.exp(jnp.clip(out[..., :1], -20.0, 10.0)), out[..., 1:]], axis=-1)

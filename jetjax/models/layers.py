@@ -1,17 +1,48 @@
 """Building blocks of the ParT encoder and of the heads: masked BatchNorm, attention with an additive
 bias, the ParT feed-forward and block, with PyTorch's default initialisations (PART_SPEC.md §2.7-2.12).
 """
+import functools
 from typing import Optional
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 LN_EPS = 1e-5
-NEG_INF = -1e9  # additive logit for masked keys: exp underflows to exactly 0 in float32
 
 # PyTorch default initialisations (PART_SPEC §2.12).
 torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
 torch_qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")  # Xavier over the packed (3E, E)
+
+
+def _mix(h):
+    """A 32-bit integer hash with full avalanche (the "lowbias32" mix of xor-shifts and odd multipliers)."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = h * jnp.uint32(0x846CA68B)
+    return h ^ (h >> 16)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with a counter-based hash instead of threefry draws: each element keeps its value
+    (scaled by 1 / (1 - rate)) unless the hash of (its index, two 32-bit seeds drawn from the module's
+    'dropout' key) falls below rate x 2^32, so the keep probability is 1 - rate to within 2^-32 and the mask
+    is a function of the key. Measured on a 2-core CPU: 30 ms for 9.4M elements, against 288 ms with
+    `flax.linen.Dropout` (threefry), which made dropout 15% of a ParT training step."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        if deterministic or self.rate == 0.0:
+            return x
+        if self.rate >= 1.0:
+            return jnp.zeros_like(x)
+        seed = jax.random.bits(self.make_rng("dropout"), (2,), jnp.uint32)
+        index = jax.lax.iota(jnp.uint32, x.size).reshape(x.shape)
+        keep = _mix(_mix(index ^ seed[0]) + seed[1]) >= jnp.uint32(min(round(self.rate * 2 ** 32), 2 ** 32 - 1))
+        return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
 
 
 def gelu(x):
@@ -62,11 +93,23 @@ class MaskedBatchNorm(nn.Module):
         return y.astype(x.dtype)
 
 
-class Attention(nn.Module):
-    """Multi-head attention with an optional additive bias (B, H, Q, K) and a key mask (B, K).
+def attention_core(q, k, v, bias, dropout):
+    """softmax(q.k + bias) v: q (N, T, H, D), k and v (N, S, H, D), bias broadcastable to (N, H, T, S), holding
+    the pair bias and -1e9 at masked keys (models/layout.py); `dropout(weights)` applied to the attention
+    weights. Logits, bias and softmax are float32; q must carry the 1/sqrt(head_dim) scaling."""
+    logits = jnp.einsum("nqhd,nkhd->nhqk", q, k, preferred_element_type=jnp.float32) + bias
+    weights = dropout(nn.softmax(logits, axis=-1)).astype(v.dtype)
+    return jnp.einsum("nhqk,nkhd->nqhd", weights, v)
 
-    Logits, bias and softmax are float32. The bias is added after the 1/sqrt(head_dim) scaling.
-    q, k, v and output projections are separate 2-D kernels (so Muon can treat them as matrices).
+
+class Attention(nn.Module):
+    """Multi-head attention with the pair bias, laid out by the encoder's layout (models/layout.py).
+
+    Self-attention (`cls` None): the particles' rows attend to the particles of their jet, with the layout's
+    bias. Class attention: the class token `cls` (B, 1, E) of each jet (the query, not normalised) attends to
+    [itself, its particles]; `x` and `cls` arrive normalised as keys. q, k, v and output projections are
+    separate 2-D kernels (so Muon can treat them as matrices); the bias is added after the 1/sqrt(head_dim)
+    scaling.
     """
 
     num_heads: int
@@ -74,25 +117,25 @@ class Attention(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, query, key_value, key_mask, bias, train):
-        embed = query.shape[-1]
+    def __call__(self, x, layout, biases, train, cls=None, cls_query=None):
+        embed = x.shape[-1]
         head_dim = embed // self.num_heads
 
-        def project(x, name):
-            y = dense(embed, name, self.dtype, torch_qkv_init)(x)
+        projections = {name: dense(embed, name, self.dtype, torch_qkv_init) for name in ("query", "key", "value")}
+
+        def project(y, name):
+            y = projections[name](y)
             return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
 
-        q = project(query, "query") * (head_dim ** -0.5)
-        k = project(key_value, "key")
-        v = project(key_value, "value")
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        if bias is not None:
-            logits = logits + bias
-        logits = jnp.where(key_mask[:, None, None, :], logits, NEG_INF)
-        weights = nn.softmax(logits, axis=-1)
-        weights = nn.Dropout(self.attn_dropout)(weights, deterministic=not train).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(*query.shape[:-1], embed)
-        return dense(embed, "out", self.dtype)(out)
+        dropout = Dropout(self.attn_dropout)
+        core = functools.partial(attention_core, dropout=lambda w: dropout(w, deterministic=not train))
+        k, v = project(x, "key"), project(x, "value")
+        if cls is None:
+            out = layout.self_attention(core, project(x, "query") * (head_dim ** -0.5), k, v, biases)
+        else:
+            q = project(cls_query, "query") * (head_dim ** -0.5)
+            out = layout.class_attention(core, q, project(cls, "key"), project(cls, "value"), k, v)
+        return dense(embed, "out", self.dtype)(out.reshape(*out.shape[:-2], embed))
 
 
 class FeedForward(nn.Module):
@@ -110,14 +153,17 @@ class FeedForward(nn.Module):
             h = h * gelu(dense(self.hidden, "fc1_gate", self.dtype)(x))
         else:
             h = gelu(h)
-        h = nn.Dropout(self.activation_dropout)(h, deterministic=not train)
+        h = Dropout(self.activation_dropout)(h, deterministic=not train)
         h = layer_norm("post_fc_norm", self.dtype)(h)
         return dense(x.shape[-1], "fc2", self.dtype)(h)
 
 
 class Block(nn.Module):
-    """ParT block (NormFormer-like pre-LN). Particle attention when `context` is None, otherwise
-    class attention: the class token (query, not normalised) attends to [class token, context]."""
+    """ParT block (NormFormer-like pre-LN) on the rows of a layout (models/layout.py). Particle attention
+    when `cls` is None: x holds the particles' rows, `biases` the layout's attention bias per group (default:
+    the key mask alone), and the block returns their new rows. Class attention:
+    x holds the (fixed) particle rows, `cls` the class tokens (B, 1, E), which attend to [class token,
+    particles] and are returned."""
 
     num_heads: int
     ffn: str
@@ -129,34 +175,47 @@ class Block(nn.Module):
     layer_scale_init: Optional[float]
     dtype: jnp.dtype
 
-    def residual_branch(self, y, name, train):
-        """Dropout, optional LayerScale and per-sample DropPath on a residual branch."""
-        y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    def residual_branch(self, y, name, keep, train):
+        """Dropout, optional LayerScale and per-jet DropPath (`keep`: 0 or 1/(1 - rate) per row) on a residual
+        branch."""
+        y = Dropout(self.dropout)(y, deterministic=not train)
         if self.layer_scale_init is not None:
             gamma = self.param(name, nn.initializers.constant(self.layer_scale_init), (y.shape[-1],))
             y = y * gamma
-        return nn.Dropout(self.drop_path, broadcast_dims=(1, 2))(y, deterministic=not train)
+        return y if keep is None else y * keep.astype(y.dtype)
+
+    def drop_path_keep(self, layout, jets, train):
+        """Per-jet DropPath factors on the rows of the stream (None when off): the same draw for both branches
+        of the block would tie them, so each branch draws its own."""
+        if not train or self.drop_path == 0.0:
+            return None
+        keep = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.drop_path, (jets,))
+        keep = keep.astype(jnp.float32) / (1.0 - self.drop_path)
+        return keep[:, None, None] if layout is None else layout.per_jet(keep)
 
     @nn.compact
-    def __call__(self, x, mask, bias=None, context=None, train=False):
+    def __call__(self, x, layout, biases=None, cls=None, train=False):
         embed = x.shape[-1]
         pre_attn_norm = layer_norm("pre_attn_norm", self.dtype)
-        if context is None:
-            query = key_value = pre_attn_norm(x)
-            key_mask = mask
+        stream = x if cls is None else cls
+        jets = layout.mask.shape[0]
+        rows_layout = layout if cls is None else None
+        if cls is None:
+            biases = layout.attention_bias() if biases is None else biases
+            a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
+                pre_attn_norm(x), layout, biases, train)
         else:
-            query = x
-            key_value = pre_attn_norm(jnp.concatenate([x, context], axis=1))
-            key_mask = jnp.concatenate([jnp.ones_like(mask[:, :1]), mask], axis=1)
-        a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
-            query, key_value, key_mask, bias, train)
+            a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
+                pre_attn_norm(x), layout, None, train, cls=pre_attn_norm(cls), cls_query=cls)
         head_scale = self.param("head_scale", nn.initializers.ones, (self.num_heads,))
         a = (a.reshape(*a.shape[:-1], -1, self.num_heads) * head_scale).reshape(a.shape)
         a = layer_norm("post_attn_norm", self.dtype)(a)
-        x = x + self.residual_branch(a, "layer_scale_attn", train)
+        stream = stream + self.residual_branch(a, "layer_scale_attn", self.drop_path_keep(rows_layout, jets, train),
+                                               train)
 
-        f = layer_norm("pre_fc_norm", self.dtype)(x)
+        f = layer_norm("pre_fc_norm", self.dtype)(stream)
         f = FeedForward(int(self.ffn_ratio * embed), self.ffn, self.activation_dropout, self.dtype,
                         name="ffn")(f, train)
         resid_scale = self.param("resid_scale", nn.initializers.ones, (embed,))
-        return resid_scale * x + self.residual_branch(f, "layer_scale_ffn", train)
+        return resid_scale * stream + self.residual_branch(
+            f, "layer_scale_ffn", self.drop_path_keep(rows_layout, jets, train), train)

@@ -23,15 +23,16 @@ from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
-import numpy as np
 
 from jetjax import physics
 from jetjax.models.heads import Classifier
 from jetjax.models.layers import Block, MaskedBatchNorm, dense, gelu, layer_norm
+from jetjax.models.layout import DenseLayout, LayoutPlan, PackedLayout
 
 
 class ParticleEmbed(nn.Module):
-    """BatchNorm of the input features, then [LayerNorm, Dense, GELU] per width; padded tokens zeroed."""
+    """BatchNorm of the input features, then [LayerNorm, Dense, GELU] per width, on the particle rows;
+    rows of no particle zeroed."""
 
     dims: Sequence[int]
     dtype: jnp.dtype
@@ -46,29 +47,29 @@ class ParticleEmbed(nn.Module):
 
 
 class PairEmbed(nn.Module):
-    """Attention bias U (B, H, P, P) from the pairwise features (ln kT, ln z, ln dR, ln m^2).
+    """Attention bias U (per attention group: (..., H, S, S)) from the pairwise features (ln kT, ln z, ln dR,
+    ln m^2).
 
     A per-pair MLP [Dense, BatchNorm, GELU] x len(dims), the last width being the number of heads, after a
-    BatchNorm of the raw features. As in the reference, the MLP runs on the P(P+1)/2 unordered pairs i >= j
-    only (U is symmetric) and BatchNorm statistics count each unordered pair of real particles once.
-    Features, BatchNorm and the output are float32; the Dense layers run in `dtype`.
+    BatchNorm of the raw features. As in the reference, the MLP runs on unordered pairs i >= j only (U is
+    symmetric): on the layout's pair rows (every slot pair of the triangle, or the real pairs only), with
+    BatchNorm statistics counting each unordered pair of real particles once. Each particle's pT, rapidity
+    and phi are computed once and shared by its pairs. Features, BatchNorm and the output are float32; the
+    Dense layers run in `dtype`.
     """
 
     dims: Sequence[int]
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, vectors, mask, train):
-        slots = vectors.shape[1]
-        i, j = np.tril_indices(slots)
-        pair_mask = mask[:, i] & mask[:, j]
-        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(vectors[:, i], vectors[:, j]), pair_mask, train)
+    def __call__(self, vectors, layout, train):
+        (v_i, kin_i), (v_j, kin_j) = zip(*(layout.pair_rows(x) for x in (vectors, physics.pair_kinematics(vectors))))
+        pair_mask = layout.pair_mask
+        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(v_i, v_j, kin_i, kin_j), pair_mask, train)
         for n, width in enumerate(self.dims):
             x = dense(width, f"dense_{n}", self.dtype)(x)
             x = gelu(MaskedBatchNorm(name=f"bn_{n}")(x, pair_mask, train))
-        triangle_index = np.zeros((slots, slots), np.int32)
-        triangle_index[i, j] = triangle_index[j, i] = np.arange(len(i))
-        return jnp.take(jnp.swapaxes(x.astype(jnp.float32), 1, 2), triangle_index, axis=2)
+        return layout.pair_bias(x.astype(jnp.float32))
 
 
 class ParT(nn.Module):
@@ -76,6 +77,8 @@ class ParT(nn.Module):
 
     Returns a dict: `z` (B, E) jet representation (final LayerNorm of the class token), `tokens` (B, P, E)
     particle tokens after the last particle block, and `logits` (B, num_classes) when num_classes is set.
+    With a `plan` (models/layout.py) the encoder computes on real particles and pairs only (same results),
+    and `layout_overflow` says whether the batch exceeded the plan (it never should).
     Stage outputs are sown into the 'intermediates' collection (embedding, pair_bias, block_i, cls_block_i).
     """
 
@@ -109,32 +112,37 @@ class ParT(nn.Module):
                      self.dtype, name=name)
 
     @nn.compact
-    def __call__(self, features, vectors, mask, train: bool = False):
+    def __call__(self, features, vectors, mask, train: bool = False, plan: Optional[LayoutPlan] = None):
         mask = mask.astype(bool)
         features = jnp.where(mask[..., None], features, 0).astype(jnp.float32)
         vectors = jnp.where(mask[..., None], vectors, 0).astype(jnp.float32)
+        layout = DenseLayout(mask) if plan is None else PackedLayout(mask, plan)
 
-        x = ParticleEmbed(self.embed_dims, self.dtype, name="embed")(features, mask, train)
-        self.sow("intermediates", "embedding", x)
-        bias = None
+        x = ParticleEmbed(self.embed_dims, self.dtype, name="embed")(layout.rows(features), layout.row_mask, train)
+        self.sow("intermediates", "embedding", layout.to_dense(x))
+        pair_biases = None
         if self.pair_embed_dims:
-            bias = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, name="pair_embed")(
-                vectors, mask, train)
-            self.sow("intermediates", "pair_bias", bias)
+            pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, name="pair_embed")(
+                layout.rows(vectors), layout, train)
+            if plan is None:
+                self.sow("intermediates", "pair_bias", pair_biases[0])
+        biases = layout.attention_bias(pair_biases)
 
         dropouts = (self.dropout, self.attn_dropout, self.activation_dropout)
         for i in range(self.num_layers):
-            x = self.block(f"blocks_{i}", dropouts, self.drop_path)(x, mask, bias=bias, train=train)
-            self.sow("intermediates", f"block_{i}", x)
+            x = self.block(f"blocks_{i}", dropouts, self.drop_path)(x, layout, biases, train=train)
+            self.sow("intermediates", f"block_{i}", layout.to_dense(x))
 
         cls = self.param("cls_token", nn.initializers.truncated_normal(0.02), (1, 1, x.shape[-1]))
-        t = jnp.broadcast_to(cls, (x.shape[0], 1, x.shape[-1])).astype(self.dtype)
+        t = jnp.broadcast_to(cls, (mask.shape[0], 1, x.shape[-1])).astype(self.dtype)
         for i in range(self.num_cls_layers):
-            t = self.block(f"cls_blocks_{i}", (0.0, 0.0, 0.0), 0.0)(t, mask, context=x, train=train)
+            t = self.block(f"cls_blocks_{i}", (0.0, 0.0, 0.0), 0.0)(x, layout, cls=t, train=train)
             self.sow("intermediates", f"cls_block_{i}", t)
         z = layer_norm("norm", self.dtype)(t)[:, 0].astype(jnp.float32)
 
-        out = {"z": z, "tokens": x}
+        out = {"z": z, "tokens": layout.to_dense(x)}
+        if plan is not None:
+            out["layout_overflow"] = layout.overflow
         if self.num_classes:
             out["logits"] = Classifier(self.num_classes, self.head, self.head_hidden, self.head_dropout,
                                        self.dtype, name="head")(z, train).astype(jnp.float32)

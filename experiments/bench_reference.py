@@ -1,0 +1,202 @@
+"""jetjax beside the PyTorch reference (weaver-core's ParticleTransformer) on the same jets: jets/s of a
+training step (forward, backward, gradient clipping at 1.0, AdamW) and of inference (eval mode, softmax).
+
+    pip install -e ".[compare]"          # torch + weaver-core (only weaver.nn.model.ParticleTransformer is used)
+    python experiments/bench_reference.py [--data DIR] [--batch 64] [--dtype float32 bfloat16] [--weaver-compile]
+
+The jets: a JetClass-II-format folder (`--data`, e.g. made by `python -m jetjax.data.simulate`), or else
+Pythia-simulated jets of the study's classes written to `--cache` (needs the `sim` extra; the synthetic
+generator when it is absent), read through jetjax's own pipeline and fed identically to both: training
+batches from the stratified sampler, inference batches from the natural test stream (multiplicities
+printed). jetjax runs exactly what `fit` runs: `train.run_steps` over the `train.Feeder` (slot buckets,
+packed layouts, device placement ahead of the step, no host synchronisation per step) and `train.run_eval`
+(jets grouped by multiplicity within windows, scores back in stream order). weaver runs its model as its
+training loop does (its SequenceTrimmer on, torch.autocast for bfloat16 on a GPU; `--weaver-compile`:
+torch.compile of the model, weaver's `compile_model=True`). Cases are interleaved and repeated; one JSON
+line per measurement, then the medians and the jetjax / weaver ratios.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs import supervised_part
+from jetjax import optim, parallel, train
+from jetjax.data import pipeline, synthetic
+
+
+def jets_folder(args):
+    """The folder of JetClass-II-format jets to read: --data, or a simulated (or synthetic) set in --cache."""
+    if args.data:
+        return Path(args.data), "given"
+    folder = Path(args.cache)
+    if not (folder / "test").exists():
+        try:
+            from jetjax.data import simulate
+            simulate.simulate(folder, args.jets_per_class, seed=0, workers=os.cpu_count())
+        except ImportError:
+            synthetic.write_dataset(folder, args.jets_per_class, seed=0)
+    return folder, "cache"
+
+
+def multiplicities(batches):
+    n = np.concatenate([b["mask"].sum(1) for b in batches])
+    return {"mean": round(float(n.mean()), 1), "p90": float(np.percentile(n, 90)), "max": int(n.max())}
+
+
+def jetjax_config(args, dtype):
+    config = supervised_part.get_config()
+    config.data.num_particles = args.particles
+    config.train.batch_size = args.batch
+    config.model.dtype = dtype
+    return config
+
+
+class Jetjax:
+    """The engine's train and eval steps on a fresh reference ParT."""
+
+    def __init__(self, config, example):
+        self.mesh = parallel.data_mesh()
+        self.model = train.build_model(config)
+        tx = optim.make_optimizer(10_000, **config.optimizer)
+        self.state = parallel.replicate(train.init_state(self.model, tx, example, jax.random.key(0)), self.mesh)
+        self.train_step, self.eval_step = train.make_train_step(self.model, tx), train.make_eval_step(self.model)
+        layout = train.layout_settings(config)
+        self.feeder = train.Feeder(self.model, self.mesh, config.data.num_particles, layout)
+        self.batch, self.window = config.train.batch_size, layout.eval_window
+
+    def train(self, batches):
+        for self.state, metrics in train.run_steps(self.state, self.train_step, self.feeder, batches):
+            pass
+        jax.block_until_ready(metrics)
+
+    def infer(self, batches):
+        train.run_eval(self.state, self.eval_step, self.feeder, batches, self.batch, self.window)
+
+
+class Weaver:
+    """weaver-core's ParticleTransformer in the JetClass example configuration (the reference ParT)."""
+
+    def __init__(self, channels, num_classes, amp, compile_model):
+        import torch
+        from weaver.nn.model.ParticleTransformer import ParticleTransformer
+
+        self.torch = torch
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = ParticleTransformer(
+            input_dim=channels, num_classes=num_classes, pair_input_dim=4, use_pre_activation_pair=False,
+            embed_dims=[128, 512, 128], pair_embed_dims=[64, 64, 64], num_heads=8, num_layers=8, num_cls_layers=2,
+            block_params=None, cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
+            fc_params=[], activation="gelu", trim=True, for_inference=False, use_amp=amp,
+            compile_model=compile_model).to(self.device)
+        self.model = torch.compile(model) if compile_model else model
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+        self.amp = amp
+
+    def inputs(self, batch):
+        t = lambda x: self.torch.from_numpy(np.ascontiguousarray(x)).to(self.device)
+        return (t(batch["features"].transpose(0, 2, 1)), t(batch["vectors"].transpose(0, 2, 1)),
+                t(batch["mask"][:, None, :].astype(np.float32)), t(batch["label"].astype(np.int64)))
+
+    def autocast(self):
+        return self.torch.autocast(self.device.type, dtype=self.torch.bfloat16, enabled=self.amp)
+
+    def train(self, batches):
+        torch = self.torch
+        self.model.train()
+        for x, v, mask, label in batches:
+            self.opt.zero_grad()
+            with self.autocast():
+                loss = torch.nn.functional.cross_entropy(self.model(x, v, mask), label)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm=1.0)
+            self.opt.step()
+        loss.item()
+
+    def infer(self, batches):
+        torch = self.torch
+        self.model.eval()
+        with torch.inference_mode(), self.autocast():
+            for x, v, mask, _ in batches:
+                scores = torch.softmax(self.model(x, v, mask).float(), dim=1).cpu()
+        scores.numpy()
+
+
+def timed(run, batches):
+    start = time.perf_counter()
+    run(batches)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="JetClass-II-format folder with train/ and test/ (default: --cache)")
+    parser.add_argument("--cache", default="runs/bench_jets", help="where simulated jets are kept")
+    parser.add_argument("--jets-per-class", type=int, default=150)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--particles", type=int, default=128)
+    parser.add_argument("--train-batches", type=int, default=8)
+    parser.add_argument("--inference-batches", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--weaver-compile", action="store_true", help="also weaver with torch.compile")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    folder, origin = jets_folder(args)
+    n_train, n_test = args.train_batches, args.inference_batches
+    train_batches = list(pipeline.training_sampler(
+        folder, batch_size=args.batch, epoch_size=n_train * args.batch, num_particles=args.particles,
+        seed=0).batches(0))
+    test_batches = [b for _, b in zip(range(n_test), pipeline.test_batches(
+        folder, batch_size=args.batch, num_particles=args.particles)) if len(b["label"]) == args.batch]
+    device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
+    print(json.dumps({"jets": str(folder), "origin": origin, "device": device, "batch": args.batch,
+                      "P": args.particles, "train_multiplicity": multiplicities(train_batches),
+                      "inference_multiplicity": multiplicities(test_batches)}), flush=True)
+
+    channels, classes = train_batches[0]["features"].shape[-1], 7
+    cases = {}
+    for dtype in args.dtype:
+        engine = Jetjax(jetjax_config(args, dtype), train.example_batch(jetjax_config(args, dtype), args.batch))
+        cases[("jetjax", dtype, "train")] = (engine.train, train_batches)
+        cases[("jetjax", dtype, "inference")] = (engine.infer, test_batches)
+        amp = dtype == "bfloat16"
+        for compile_model in (False, True) if args.weaver_compile else (False,):
+            reference = Weaver(channels, classes, amp, compile_model)
+            name = "weaver compiled" if compile_model else "weaver"
+            cases[(name, dtype, "train")] = (reference.train, [reference.inputs(b) for b in train_batches])
+            cases[(name, dtype, "inference")] = (reference.infer, [reference.inputs(b) for b in test_batches])
+    for run, batches in cases.values():  # warm-up: compile every program, pass weaver's trimmer warm-up
+        run(batches)
+    seconds = {case: [] for case in cases}
+    for repeat in range(args.repeats):
+        for case, (run, batches) in cases.items():
+            time.sleep(0.5)  # let the other framework's worker threads go idle
+            s = timed(run, batches)
+            seconds[case].append(s)
+            framework, dtype, mode = case
+            print(json.dumps({"framework": framework, "dtype": dtype, "mode": mode, "repeat": repeat,
+                              "jets_per_s": round(len(batches) * args.batch / s, 1)}), flush=True)
+    summary = {}
+    for (framework, dtype, mode), values in seconds.items():
+        jets = len(cases[(framework, dtype, mode)][1]) * args.batch
+        summary[f"{framework} {dtype} {mode}"] = round(jets / statistics.median(values), 1)
+    for dtype in args.dtype:
+        for mode in ("train", "inference"):
+            for reference in ("weaver", "weaver compiled"):
+                key = f"{reference} {dtype} {mode}"
+                if key in summary:
+                    summary[f"jetjax / {key}"] = round(summary[f"jetjax {dtype} {mode}"] / summary[key], 2)
+    print(json.dumps({"summary": summary, "device": device, "batch": args.batch, "P": args.particles}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

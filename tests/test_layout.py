@@ -1,0 +1,122 @@
+"""Packed layouts (models/layout.py): the encoder on real particles and pairs only, attention on groups of
+jets sorted by multiplicity, gives what it gives on every slot (padding invariance), in eval and training
+mode, for gradients and BatchNorm statistics; plans hold their batches; JetCLR's split views fit the plan."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jetjax import augment
+from jetjax.models.layout import LayoutPlan, plan_layout, slot_bucket
+from jetjax.models.part import ParT
+
+TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
+            num_classes=3, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0)
+
+
+def massive_jets(seed, batch=8, slots=24):
+    """Jets of massive particles (m = 2 GeV: no float32 noise in ln m^2 of a particle with itself, which the
+    compiler may round differently in two programs), with holes in the mask (as MPM masking makes them) and
+    one empty jet."""
+    rng = np.random.default_rng(seed)
+    p3 = rng.normal(size=(batch, slots, 3)).astype(np.float32) * 20
+    vectors = np.concatenate([p3, np.sqrt((p3 ** 2).sum(-1, keepdims=True) + 4.0)], -1).astype(np.float32)
+    features = rng.normal(size=(batch, slots, 7)).astype(np.float32)
+    mask = np.arange(slots)[None] < rng.integers(1, slots + 1, batch)[:, None]
+    mask[:, 3] &= rng.random(batch) < 0.5
+    mask[0] = False
+    return features, vectors, mask
+
+
+@pytest.fixture(scope="module")
+def model_and_variables():
+    f, v, m = massive_jets(0)
+    model = ParT(**TINY)
+    variables = model.init(jax.random.key(0), f, v, m)
+    _, stats = model.apply(variables, f, v, m, train=True, mutable=["batch_stats"])
+    return model, {**variables, **stats}
+
+
+PLANS = {"one group": dict(groups=1), "three groups": dict(groups=3), "two shards": dict(shards=2, groups=2),
+         "a group per jet": dict(groups=8)}
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("plan_args", list(PLANS.values()), ids=list(PLANS))
+def test_packed_layout_equals_every_slot(model_and_variables, plan_args, train):
+    model, variables = model_and_variables
+    f, v, m = massive_jets(1)
+    plan = plan_layout(m.sum(1), m.shape[1], slot_multiple=8, **plan_args)
+    run = jax.jit(lambda f, v, m, plan: model.apply(variables, f, v, m, train=train, plan=plan,
+                                                     mutable=["batch_stats"]), static_argnums=3)
+    (dense, dense_stats), (packed, packed_stats) = run(f, v, m, None), run(f, v, m, plan)
+    np.testing.assert_allclose(packed["logits"], dense["logits"], atol=2e-5)
+    np.testing.assert_allclose(packed["z"], dense["z"], atol=2e-5)
+    np.testing.assert_allclose(np.asarray(packed["tokens"])[m], np.asarray(dense["tokens"])[m], atol=1e-4)
+    assert np.all(np.asarray(packed["tokens"])[~m] == 0)
+    assert not bool(packed["layout_overflow"])
+    for a, b in zip(jax.tree.leaves(dense_stats), jax.tree.leaves(packed_stats)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_packed_layout_has_the_gradients_of_every_slot(model_and_variables):
+    model, variables = model_and_variables
+    f, v, m = massive_jets(2)
+    plan = plan_layout(m.sum(1), m.shape[1], groups=3, slot_multiple=8)
+
+    def loss(params, plan):
+        out, _ = model.apply({**variables, "params": params}, f, v, m, train=True, plan=plan, mutable=["batch_stats"])
+        return jnp.sum(out["logits"] ** 2)
+
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
+    dense, packed = grad(variables["params"], None), grad(variables["params"], plan)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(dense))
+    for a, b in zip(jax.tree.leaves(dense), jax.tree.leaves(packed)):
+        np.testing.assert_allclose(a, b, atol=1e-5 * scale)
+
+
+def test_plan_holds_its_batch_and_similar_batches_share_it():
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(5, 120, 64)
+    plan = plan_layout(lengths, 128, groups=4, slot_multiple=16)
+    assert plan.shards == 1 and sum(j for j, _ in plan.groups) == 64
+    ordered = np.sort(lengths)
+    for (jets, slots), start in zip(plan.groups, (0, 16, 32, 48)):
+        assert jets == 16 and slots == slot_bucket(ordered[start + 15], 16, 128) >= ordered[start + 15]
+    assert lengths.sum() <= plan.particles <= sum(j * s for j, s in plan.groups)
+    assert (lengths * (lengths + 1) // 2).sum() <= plan.pairs
+    # a batch of the same multiplicities in another order, and one with slightly fewer particles: same plan
+    assert plan_layout(rng.permutation(lengths), 128, groups=4, slot_multiple=16) == plan
+    fewer = lengths.copy()
+    fewer[np.argmax(fewer)] -= 1
+    assert plan_layout(fewer, 128, groups=4, slot_multiple=16) == plan
+    with pytest.raises(ValueError, match="2 equal shards"):
+        plan_layout(lengths[:63], 128, shards=2)
+
+
+def test_a_plan_too_small_for_its_batch_is_flagged(model_and_variables):
+    model, variables = model_and_variables
+    f, v, m = massive_jets(4)
+    n = m.sum(1)
+    small = LayoutPlan(1, ((8, 8),), int(n.sum()), int((n * (n + 1) // 2).sum()))  # 8 slots: too few
+    out = model.apply(variables, f, v, m, plan=small)
+    assert bool(out["layout_overflow"])
+
+
+def test_jetclr_view_lengths_bound_the_views_and_fit_a_smaller_bucket():
+    """The host-side multiplicities of JetCLR's views (what the engine plans with) are exactly those of the
+    views made in-graph, also when the batch is cut to the bucket of its split jets rather than P slots."""
+    rng = np.random.default_rng(5)
+    slots, capacity = 64, 128
+    p3 = rng.normal(size=(6, slots, 3)).astype(np.float32) * 20
+    vectors = np.concatenate([p3, np.sqrt((p3 ** 2).sum(-1, keepdims=True) + 1.0)], -1)
+    lengths = np.array([1, 3, 8, 12, 16, 9])
+    mask = np.arange(slots)[None] < lengths[:, None]
+    jet = (vectors * mask[..., None]).sum(1)
+    batch = {"vectors": jnp.asarray(vectors * mask[..., None]), "mask": jnp.asarray(mask), "jet": jnp.asarray(jet),
+             "features": jnp.zeros((6, slots, 7)), "pid": jnp.zeros((6, slots), jnp.int32)}
+    first, second = augment.jetclr_views(jax.random.key(0), batch, capacity=capacity)
+    expected = augment.jetclr_lengths(lengths, capacity)
+    np.testing.assert_array_equal(np.asarray(first["mask"]).sum(1), expected[0])
+    np.testing.assert_array_equal(np.asarray(second["mask"]).sum(1), expected[1])
+    np.testing.assert_array_equal(expected[1], 4 * lengths)  # 4n <= 64 slots: the bucket holds every daughter
