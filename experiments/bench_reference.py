@@ -12,11 +12,14 @@ printed). jetjax runs exactly what `fit` runs: `train.run_steps` over the `train
 packed layouts, device placement ahead of the step, no host synchronisation per step) and `train.run_eval`
 (jets grouped by multiplicity within windows, scores back in stream order). weaver runs its model as its
 training loop does (its SequenceTrimmer on, torch.autocast for bfloat16 on a GPU; `--weaver-compile`:
-torch.compile of the model, weaver's `compile_model=True`). Cases are interleaved and repeated; one JSON
-line per measurement, then the medians and the jetjax / weaver ratios.
+torch.compile of the model, weaver's `compile_model=True`). Each framework runs in a process of its own (all
+alive for the whole run, one working at a time), so that none inherits another's thread pools or allocator
+state; cases are interleaved, in reversed order every other repeat. One JSON line per measurement, then the
+medians and the jetjax / weaver ratios.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -134,11 +137,47 @@ def timed(run, batches):
     return time.perf_counter() - start
 
 
+def read_batches(folder, args):
+    """The training batches (stratified sampler) and the inference batches (natural test stream), every
+    process reading the same jets."""
+    train_batches = list(pipeline.training_sampler(
+        folder, batch_size=args.batch, epoch_size=args.train_batches * args.batch, num_particles=args.particles,
+        seed=0).batches(0))
+    stream = pipeline.test_batches(folder, batch_size=args.batch, num_particles=args.particles)
+    test_batches = [b for _, b in zip(range(args.inference_batches), stream) if len(b["label"]) == args.batch]
+    return train_batches, test_batches
+
+
+def worker(framework, dtype, folder, args, connection):
+    """One framework in its own process (no thread pools, allocator or cache state shared with the other):
+    builds the model, warms up, then times 'train' or 'inference' on request."""
+    train_batches, test_batches = read_batches(folder, args)
+    if framework == "jetjax":
+        config = jetjax_config(args, dtype)
+        engine = Jetjax(config, train.example_batch(config, args.batch))
+        runs = {"train": (engine.train, train_batches), "inference": (engine.infer, test_batches)}
+    else:
+        import torch
+
+        torch.set_num_threads(os.cpu_count())
+        reference = Weaver(train_batches[0]["features"].shape[-1], 7, dtype == "bfloat16",
+                           framework == "weaver compiled")
+        runs = {mode: (getattr(reference, mode), [reference.inputs(b) for b in batches])
+                for mode, batches in (("train", train_batches), ("infer", test_batches))}
+        runs["inference"] = runs.pop("infer")
+    for run, batches in runs.values():  # warm-up: compile every program, pass weaver's trimmer warm-up
+        run(batches)
+    connection.send("ready")
+    while (mode := connection.recv()) is not None:
+        run, batches = runs[mode]
+        connection.send((timed(run, batches), len(batches) * args.batch))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="JetClass-II-format folder with train/ and test/ (default: --cache)")
     parser.add_argument("--cache", default="runs/bench_jets", help="where simulated jets are kept")
-    parser.add_argument("--jets-per-class", type=int, default=150)
+    parser.add_argument("--jets-per-class", type=int, default=700)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--train-batches", type=int, default=8)
@@ -147,54 +186,41 @@ def main():
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--weaver-compile", action="store_true", help="also weaver with torch.compile")
     args = parser.parse_args()
-    import torch
-
-    torch.set_num_threads(os.cpu_count())
     folder, origin = jets_folder(args)
-    n_train, n_test = args.train_batches, args.inference_batches
-    train_batches = list(pipeline.training_sampler(
-        folder, batch_size=args.batch, epoch_size=n_train * args.batch, num_particles=args.particles,
-        seed=0).batches(0))
-    test_batches = [b for _, b in zip(range(n_test), pipeline.test_batches(
-        folder, batch_size=args.batch, num_particles=args.particles)) if len(b["label"]) == args.batch]
+    train_batches, test_batches = read_batches(folder, args)
     device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
     print(json.dumps({"jets": str(folder), "origin": origin, "device": device, "batch": args.batch,
                       "P": args.particles, "train_multiplicity": multiplicities(train_batches),
                       "inference_multiplicity": multiplicities(test_batches)}), flush=True)
-
-    channels, classes = train_batches[0]["features"].shape[-1], 7
-    cases = {}
+    frameworks = ["jetjax", "weaver"] + (["weaver compiled"] if args.weaver_compile else [])
+    context = multiprocessing.get_context("spawn")
+    workers = {}
     for dtype in args.dtype:
-        engine = Jetjax(jetjax_config(args, dtype), train.example_batch(jetjax_config(args, dtype), args.batch))
-        cases[("jetjax", dtype, "train")] = (engine.train, train_batches)
-        cases[("jetjax", dtype, "inference")] = (engine.infer, test_batches)
-        amp = dtype == "bfloat16"
-        for compile_model in (False, True) if args.weaver_compile else (False,):
-            reference = Weaver(channels, classes, amp, compile_model)
-            name = "weaver compiled" if compile_model else "weaver"
-            cases[(name, dtype, "train")] = (reference.train, [reference.inputs(b) for b in train_batches])
-            cases[(name, dtype, "inference")] = (reference.infer, [reference.inputs(b) for b in test_batches])
-    for run, batches in cases.values():  # warm-up: compile every program, pass weaver's trimmer warm-up
-        run(batches)
-    seconds = {case: [] for case in cases}
+        for framework in frameworks:  # one at a time: warm-ups (compilation) do not overlap
+            ours, theirs = context.Pipe()
+            process = context.Process(target=worker, args=(framework, dtype, folder, args, theirs), daemon=True)
+            process.start()
+            assert ours.recv() == "ready"
+            workers[(framework, dtype)] = (process, ours)
+    cases = [(framework, dtype, mode) for framework, dtype in workers for mode in ("train", "inference")]
+    rates = {case: [] for case in cases}
     for repeat in range(args.repeats):
-        for case, (run, batches) in cases.items():
-            time.sleep(0.5)  # let the other framework's worker threads go idle
-            s = timed(run, batches)
-            seconds[case].append(s)
+        for case in cases if repeat % 2 == 0 else reversed(cases):  # neither framework always goes first
             framework, dtype, mode = case
+            connection = workers[(framework, dtype)][1]
+            connection.send(mode)
+            seconds, jets = connection.recv()
+            rates[case].append(jets / seconds)
             print(json.dumps({"framework": framework, "dtype": dtype, "mode": mode, "repeat": repeat,
-                              "jets_per_s": round(len(batches) * args.batch / s, 1)}), flush=True)
-    summary = {}
-    for (framework, dtype, mode), values in seconds.items():
-        jets = len(cases[(framework, dtype, mode)][1]) * args.batch
-        summary[f"{framework} {dtype} {mode}"] = round(jets / statistics.median(values), 1)
-    for dtype in args.dtype:
-        for mode in ("train", "inference"):
-            for reference in ("weaver", "weaver compiled"):
-                key = f"{reference} {dtype} {mode}"
-                if key in summary:
-                    summary[f"jetjax / {key}"] = round(summary[f"jetjax {dtype} {mode}"] / summary[key], 2)
+                              "jets_per_s": round(jets / seconds, 1)}), flush=True)
+    for process, connection in workers.values():
+        connection.send(None)
+        process.join()
+    summary = {" ".join(case): round(statistics.median(r), 1) for case, r in rates.items()}
+    for framework, dtype, mode in cases:
+        if framework != "jetjax":
+            summary[f"jetjax / {framework} {dtype} {mode}"] = round(
+                summary[f"jetjax {dtype} {mode}"] / summary[f"{framework} {dtype} {mode}"], 2)
     print(json.dumps({"summary": summary, "device": device, "batch": args.batch, "P": args.particles}), flush=True)
 
 
