@@ -15,7 +15,7 @@ def get_config():
 
     c.data = ml_collections.ConfigDict(dict(
         root=config_dict.placeholder(str),   # JetClass-II folder (or train/val/test subfolders)
-        format="any",                        # files read: parquet | root | any
+        format="any",                        # files read: parquet | root | h5 | npz | any
         synthetic_jets_per_group=0,          # > 0: generate a synthetic data set of this size in workdir/data
         scheme="jetclass2_7",                # label scheme (jetjax.data.classes.SCHEMES)
         feature_set="kin",                   # kin | kinpid | full

@@ -157,7 +157,7 @@ def test_unreadable_file_is_named_or_skipped_and_reported(tmp_path):
     assert [p for p, _ in report.skipped_files] == [str(bad)]
     assert "QCD_0001.parquet" in str(report) and report.as_dict()["skipped_files"][0]["path"] == str(bad)
     with pytest.raises(DataError, match=r"unknown file format"):
-        list(read_chunks(tmp_path / "jets.h5", ("part_px",)))
+        list(read_chunks(tmp_path / "jets.csv", ("part_px",)))
 
 
 def test_nonfinite_values_in_a_file_are_sanitised_and_counted(tmp_path):

@@ -1,8 +1,9 @@
 """Label schemes as data: which stored labels make each class, the class order, and the sampling targets.
 
-A scheme maps the raw label of a jet (JetClass-II `jet_label`, or the index of the hot `label_*` branch
-of JetClass v1) to a class index; raw labels that belong to no class are excluded (the readers count
-them in the data report). Class order is the order of the study's tables and of the model's logits.
+A scheme maps the raw label of a jet (JetClass-II `jet_label`, the index of the hot `label_*` branch of
+JetClass v1, Top Landscape's `is_signal_new`, the quark-gluon `y`) to a class index; raw labels that belong
+to no class are excluded (the readers count them in the data report). Class order is the order of the
+study's tables and of the model's logits.
 
 Machine names (for files, configs and table keys) and titles (for tables):
 JetClass-II 7-class task: bb 'bb', tauhtaue 'tau_h tau_e', tauhtaum 'tau_h tau_mu', tauhtauh
@@ -106,7 +107,24 @@ JETCLASS_10 = LabelScheme(
 )
 """JetClass (v1): 10 balanced classes, raw label = index of the hot `label_*` branch."""
 
-SCHEMES = {s.name: s for s in (JETCLASS2_7, JETCLASS_10)}
+TOP_LANDSCAPE = LabelScheme(
+    name="top_landscape",
+    classes=(JetClass("qcd", "QCD", (0,), 1 / 2, "qcd", "TopLandscape"),
+             JetClass("top", "top", (1,), 1 / 2, "top", "TopLandscape")),
+)
+"""Top Landscape benchmark: raw label = is_signal_new (0 QCD, 1 top), balanced epochs; both classes are in
+every file, and every HDF5 file is in the one group TopLandscape (readers.TOP_LANDSCAPE_GROUP)."""
+
+QUARK_GLUON = LabelScheme(
+    name="quark_gluon",
+    classes=(JetClass("gluon", "gluon", (0,), 1 / 2, "gluon", "QG_jets"),
+             JetClass("quark", "quark", (1,), 1 / 2, "quark", "QG_jets")),
+)
+"""energyflow quark-gluon benchmark, the Pythia uds sample (QG_jets.npz, QG_jets_1.npz ... QG_jets_19.npz): raw
+label = y (0 gluon, 1 quark), balanced epochs. The other samples (QG_jets_withbc_*, QG_jets_herwig_*) are
+other file groups, so they are never mixed into this one."""
+
+SCHEMES = {s.name: s for s in (JETCLASS2_7, JETCLASS_10, TOP_LANDSCAPE, QUARK_GLUON)}
 
 
 def get_scheme(name):

@@ -1,18 +1,21 @@
-"""Read jets from JetClass-II parquet / ROOT files and JetClass v1 ROOT files, chunk by chunk.
+"""Read jets from JetClass-II parquet / ROOT files, JetClass v1 ROOT files and the public Top Landscape (.h5)
+and quark-gluon (.npz) benchmark files (benchmarks.py), chunk by chunk.
 
 A chunk (`JetChunk`) holds the needed columns of a range of rows as flat numpy arrays: jagged particle
 columns flattened with per-jet `counts`, jet columns, and the raw label (JetClass-II `jet_label`, or the
 index of the hot JetClass v1 `label_*` branch; -1 when no branch is hot). Only the requested columns
-are read, and never a whole file at once (parquet: record batches; ROOT: uproot iterate).
+are read, and never a whole file at once (parquet: record batches; ROOT: uproot iterate; HDF5: row
+ranges; npz: X streamed out of the archive).
 
 File discovery from a root folder (`discover_files`):
 - split folders if present: `root/{train,val,test}/` or JetClass v1's `train_100M/ val_5M/ test_20M/`;
 - otherwise flat JetClass-II names `{Res2P,Res34P,QCD}_NNNN.parquet|root`, split by file index
-  (`JETCLASS2_SPLIT_RANGES`, data/README.md);
+  (`JETCLASS2_SPLIT_RANGES`, data/README.md), and Top Landscape's `train.h5`, `val.h5`, `test.h5` by name;
 - an explicit list of files or glob patterns overrides discovery;
-- `file_format` (config `data.format`) keeps one format: "parquet", "root" or "any" (e.g. a folder that
-  holds the original ROOT files and parquet copies of them must not be read twice).
-Files are grouped by name prefix (the text before `_NNNN`), which `classes.JetClass.file_group` names.
+- `file_format` (config `data.format`) keeps one format: "parquet", "root", "h5", "npz" or "any" (e.g. a
+  folder that holds the original ROOT files and parquet copies of them must not be read twice).
+Files are grouped by name prefix (the text before `_NNNN`), which `classes.JetClass.file_group` names;
+every HDF5 file is in the one group `TOP_LANDSCAPE_GROUP` (Top Landscape files hold both classes).
 """
 import glob
 import re
@@ -25,10 +28,12 @@ import numpy as np
 PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
 JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
 LABEL_COLUMN = "jet_label"
-FORMATS = (".parquet", ".root")
-FILE_FORMATS = {"parquet": (".parquet",), "root": (".root",), "any": FORMATS}
+HDF5_SUFFIXES = (".h5", ".hdf5")
+FORMATS = (".parquet", ".root") + HDF5_SUFFIXES + (".npz",)
+FILE_FORMATS = {"parquet": (".parquet",), "root": (".root",), "h5": HDF5_SUFFIXES, "npz": (".npz",), "any": FORMATS}
 """Values of config `data.format`: the file suffixes each reads."""
 ROOT_TREE = "tree"
+TOP_LANDSCAPE_GROUP = "TopLandscape"
 
 SPLIT_FOLDERS = {"train": ("train", "train_100M"), "val": ("val", "val_5M"), "test": ("test", "test_20M")}
 JETCLASS2_SPLIT_RANGES = {
@@ -210,8 +215,12 @@ def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096)
 
 
 def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
-    """JetChunks of a .parquet or .root file; read errors name the file."""
-    readers = {".parquet": read_parquet_chunks, ".root": read_root_chunks}
+    """JetChunks of a .parquet, .root, Top Landscape .h5 / .hdf5 or quark-gluon .npz file; read errors name
+    the file."""
+    from jetjax.data import benchmarks  # imports this module: imported when a file is read
+
+    readers = {".parquet": read_parquet_chunks, ".root": read_root_chunks, ".npz": benchmarks.read_quark_gluon_chunks,
+               **dict.fromkeys(HDF5_SUFFIXES, benchmarks.read_top_landscape_chunks)}
     suffix = Path(path).suffix
     if suffix not in readers:
         raise DataError(f"{path}: unknown file format {suffix!r}; expected one of {FORMATS}")
@@ -229,7 +238,10 @@ def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
 
 
 def file_group(path):
-    """Name prefix before `_NNNN` (Res2P_0012.parquet -> Res2P), else the whole stem."""
+    """Name prefix before `_NNNN` (Res2P_0012.parquet -> Res2P, QG_jets_7.npz -> QG_jets), else the whole
+    stem; TOP_LANDSCAPE_GROUP for every HDF5 file (train.h5, val.h5 and test.h5 hold the same classes)."""
+    if Path(path).suffix in HDF5_SUFFIXES:
+        return TOP_LANDSCAPE_GROUP
     match = _NUMBERED.match(Path(path).name.split(".")[0])
     return match["group"] if match else Path(path).name.split(".")[0]
 
@@ -252,7 +264,7 @@ def _keep_format(paths, file_format, where):
         found = Counter(p.suffix for p in paths)
         raise FileNotFoundError(
             f"no {file_format} files {where} (found {', '.join(f'{n} {s}' for s, n in sorted(found.items()))}): "
-            f"set config.data.format to 'root', 'parquet' or 'any'")
+            f"set config.data.format to one of {', '.join(map(repr, FILE_FORMATS))}")
     return kept
 
 
@@ -287,19 +299,24 @@ def discover_files(root=None, split="train", files=None, file_format="any"):
         elif has_split_folders:
             paths = []
         else:
-            paths = [p for p in _data_files(root) if _in_jetclass2_split(p, split)]
+            paths = [p for p in _data_files(root) if _in_flat_split(p, split)]
         paths = _keep_format(paths, file_format, f"for the {split} split under {root}")
         if not paths:
             raise FileNotFoundError(
                 f"no {split} files under {root}: expected {'/ or '.join(SPLIT_FOLDERS[split])}/ with "
-                f"*.parquet or *.root files, or flat JetClass-II files named like Res2P_0000.parquet")
+                f"{' / '.join('*' + s for s in FORMATS)} files, or flat JetClass-II files named like "
+                f"Res2P_0000.parquet, or Top Landscape's {split}.h5")
     groups = {}
     for path in paths:
         groups.setdefault(file_group(path), []).append(path)
     return groups
 
 
-def _in_jetclass2_split(path, split):
+def _in_flat_split(path, split):
+    """Whether a file of a folder without split folders is in `split`: Top Landscape files by name
+    (train.h5), JetClass-II files by index range."""
+    if path.suffix in HDF5_SUFFIXES:
+        return path.stem == split
     ranges = JETCLASS2_SPLIT_RANGES.get(file_group(path))
     index = _file_index(path)
     return ranges is not None and index is not None and ranges[split][0] <= index <= ranges[split][1]
