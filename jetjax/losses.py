@@ -7,6 +7,7 @@ values and finite gradients: masks are applied with `where` before any reduction
 divides by a count clamped to at least 1.
 
 Formulas: PART_SPEC.md §4.7 (NT-Xent), §5 (SupCon), §6.3 (masked particle modelling), §7.3 (CLIP-VAE).
+VICReg, SimSiam, MoCo's InfoNCE and masked-token MPM follow the papers and code cited in their docstrings.
 """
 import jax
 import jax.numpy as jnp
@@ -195,3 +196,121 @@ def vae(recon, target, mask, mu, logvar, beta=0.08, clip_fraction=0.75, r0=0.1):
     reco_mean = jnp.mean(reco)
     total = reco_mean + beta * kl_kept
     return total, {"reco": reco_mean, "kl": jnp.mean(kl), "kl_kept": kl_kept, "total": total}
+
+
+def _unbiased_variance(x):
+    """Per-dimension variance across the batch (axis 0), with Bessel's correction as torch's `var`."""
+    centred = x - jnp.mean(x, axis=0)
+    return jnp.sum(centred * centred, axis=0) / (x.shape[0] - 1)
+
+
+def _off_diagonal_covariance_penalty(x):
+    """Sum of the squared off-diagonal entries of the (d, d) batch covariance of x (B, d), divided by d."""
+    centred = x - jnp.mean(x, axis=0)
+    cov = jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST) / (x.shape[0] - 1)
+    off_diagonal = jnp.where(jnp.eye(x.shape[1], dtype=bool), 0.0, cov)
+    return jnp.sum(off_diagonal * off_diagonal) / x.shape[1]
+
+
+def vicreg(z1, z2, invariance=25.0, variance=25.0, covariance=1.0, gamma=1.0, eps=1e-4):
+    """VICReg (Bardes, Ponce, LeCun 2022) of the embeddings z1, z2 (B, d) of two views of the same B jets.
+
+    As the authors' code (facebookresearch/vicreg), with batch statistics over the B jets (variance with
+    Bessel's correction, so B >= 2):
+      invariance term  mean_{b, j} (z1_bj - z2_bj)^2
+      variance term    mean over the 2 views and the d dimensions of max(0, gamma - sqrt(var_j + eps))
+      covariance term  sum over the 2 views of sum_{i != j} cov_ij^2 / d
+    loss = invariance * I + variance * V + covariance * C (set a weight to 0 to ablate its term).
+    Metrics: the unweighted terms `invariance`, `variance`, `covariance`; `std`, the per-dimension
+    standard deviation across the batch averaged over dimensions and views (-> 0 when the embeddings
+    collapse; without gradient); `total` (the loss).
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise ValueError(f"vicreg needs two (B, d) embeddings of the same shape with B >= 2, got {z1.shape} "
+                         f"and {z2.shape}")
+    z1, z2 = _f32(z1), _f32(z2)
+    invariance_term = jnp.mean((z1 - z2) ** 2)
+    var1, var2 = _unbiased_variance(z1), _unbiased_variance(z2)
+    variance_term = 0.5 * (jnp.mean(jax.nn.relu(gamma - jnp.sqrt(var1 + eps)))
+                           + jnp.mean(jax.nn.relu(gamma - jnp.sqrt(var2 + eps))))
+    covariance_term = _off_diagonal_covariance_penalty(z1) + _off_diagonal_covariance_penalty(z2)
+    total = invariance * invariance_term + variance * variance_term + covariance * covariance_term
+    std = 0.5 * (jnp.mean(jnp.sqrt(var1)) + jnp.mean(jnp.sqrt(var2)))
+    return total, {"invariance": invariance_term, "variance": variance_term, "covariance": covariance_term,
+                   "std": jax.lax.stop_gradient(std), "total": total}
+
+
+def _normalised_std(z):
+    """Per-dimension std across the batch of the L2-normalised rows of z, averaged over dimensions
+    (SimSiam's collapse indicator: 0 for a collapsed output, about 1/sqrt(d) for a spread-out one)."""
+    return jnp.mean(jnp.std(_l2_normalise(jax.lax.stop_gradient(z)), axis=0))
+
+
+def simsiam(p1, p2, z1, z2, stop_gradient=True):
+    """SimSiam (Chen & He 2021): loss = D(p1, sg(z2)) / 2 + D(p2, sg(z1)) / 2, D(p, z) = -mean_b cos(p_b, z_b).
+
+    z1, z2 (B, d): projector outputs of two views of the same jets; p1, p2 (B, d): predictor outputs on
+    them. The stop-gradient sg is applied here, so the targets z get no gradient from this loss;
+    `stop_gradient=False` is the paper's ablation (which collapses). Loss in [-1, 1].
+    Metrics: `negative_cosine` (the loss), `std` (per-dimension std of z / |z| across the batch,
+    averaged over dimensions and the two views: 0 when collapsed, ~1/sqrt(d) otherwise).
+    """
+    target1, target2 = (jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2)) if stop_gradient else (z1, z2)
+
+    def negative_cosine(p, z):
+        return -jnp.mean(jnp.sum(_l2_normalise(_f32(p)) * _l2_normalise(_f32(z)), axis=-1))
+
+    loss = 0.5 * negative_cosine(p1, target2) + 0.5 * negative_cosine(p2, target1)
+    std = 0.5 * (_normalised_std(_f32(z1)) + _normalised_std(_f32(z2)))
+    return loss, {"negative_cosine": loss, "std": std}
+
+
+def infonce(query, keys_positive, queue=None, temperature=0.2):
+    """MoCo's InfoNCE for queries (B, d) whose positive keys are keys_positive (B, d), row for row.
+
+    Both are L2-normalised here; keys (and the queue) are constants: no gradient reaches them, as in MoCo,
+    where they come from the momentum encoder.
+      queue (K, d) given (MoCo v2): logits of query b are [q_b.k_b, q_b.queue_1, ..., q_b.queue_K] / T,
+        the positive first; the queue holds negative keys of earlier batches (see `momentum.enqueue`).
+      queue None (MoCo v3): logits are the B x B matrix q_a.k_b / T, the positives on the diagonal, the
+        other keys of the batch the negatives.
+    loss = mean_b cross-entropy(logits_b, positive). One direction only: MoCo v3 symmetrises at the call,
+    infonce(q1, k2) + infonce(q2, k1) (its extra constant factor 2T is left to the learning rate).
+    Metrics: `infonce` (the loss), `top1_positive` (fraction of queries whose highest logit is the positive).
+    """
+    if query.ndim != 2 or query.shape != keys_positive.shape:
+        raise ValueError(f"infonce: query {query.shape} and keys_positive {keys_positive.shape} must both be "
+                         "(B, d), one positive key per query")
+    if queue is not None and (queue.ndim != 2 or queue.shape[1] != query.shape[1]):
+        raise ValueError(f"infonce: queue of shape {queue.shape} for queries of shape {query.shape}; expected "
+                         f"(K, {query.shape[1]})")
+    q = _l2_normalise(_f32(query))
+    k = _l2_normalise(jax.lax.stop_gradient(_f32(keys_positive)))
+    if queue is None:
+        logits = jnp.matmul(q, k.T, precision=jax.lax.Precision.HIGHEST) / temperature
+        positive = jnp.arange(q.shape[0])
+    else:
+        negatives = _l2_normalise(jax.lax.stop_gradient(_f32(queue)))
+        logits = jnp.concatenate([jnp.sum(q * k, axis=-1, keepdims=True),
+                                  jnp.matmul(q, negatives.T, precision=jax.lax.Precision.HIGHEST)], axis=1)
+        logits = logits / temperature
+        positive = jnp.zeros(q.shape[0], jnp.int32)
+    loss, metrics = cross_entropy(logits, positive)
+    return loss, {"infonce": loss, "top1_positive": metrics["accuracy"]}
+
+
+def masked_token_cross_entropy(logits, token_ids, masked):
+    """MPM with discrete targets (Heinrich et al., "Masked Particle Modeling on Sets"): cross-entropy over
+    the codebook at the masked particles.
+
+    logits (B, P, K) over K codes, token_ids (B, P) int (each particle's code from a frozen tokenizer,
+    e.g. `vq.vq_quantise`), masked (B, P) bool marking the masked *real* particles. The loss is the mean
+    over all masked particles of the batch; a batch without masked particles gives 0.
+    Metrics: `token_cross_entropy` (the loss), `token_accuracy`, `masked_particles`.
+    """
+    masked = jnp.asarray(masked, bool)
+    # zero the logits of unmasked slots first, so that nothing there (even NaN) reaches values or gradients
+    ce, correct = _cross_entropy_terms(jnp.where(masked[..., None], _f32(logits), 0.0), token_ids, 0.0)
+    loss = _masked_mean(ce, masked)
+    return loss, {"token_cross_entropy": loss, "token_accuracy": _masked_mean(correct.astype(jnp.float32), masked),
+                  "masked_particles": jnp.sum(masked).astype(jnp.float32)}

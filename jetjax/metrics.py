@@ -22,6 +22,9 @@ between two cuts:
 
 A class with no jets in the test set (or a test set made of one class only) has undefined one-vs-rest
 metrics: they are NaN, with a warning naming the class, and macro averages run over the other classes.
+
+`knn_probe` classifies frozen embeddings by their nearest training embeddings (cosine similarity) and
+scores the result with the same metrics.
 """
 import json
 import math
@@ -273,6 +276,66 @@ def evaluate(scores, labels, class_names, background="QCD", signal_efficiency=0.
         "per_class": per_class,
         "roc": roc,
     }
+
+
+def _unit_rows(x):
+    """Rows of x divided by their L2 norm, in float64; a zero row stays zero (cosine similarity 0)."""
+    x = np.asarray(x, np.float64)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norm > 0, norm, 1.0)
+
+
+def _check_embeddings(name, embeddings, labels):
+    if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels) or len(labels) == 0:
+        raise ValueError(f"knn_probe: {name} embeddings (N, d) and labels (N,) with N > 0 expected, got "
+                         f"{embeddings.shape} and {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+        raise ValueError(f"knn_probe: {name} labels must be class indices >= 0, got dtype {labels.dtype}, "
+                         f"minimum {labels.min()}")
+
+
+def knn_probe(train_embeddings, train_labels, query_embeddings, query_labels, k=20, num_classes=None,
+              temperature=None, query_batch=512):
+    """kNN classifier on cosine similarity, the standard probe of a frozen representation.
+
+    Each query's k most similar training embeddings vote for their classes: with `temperature` None each
+    vote counts 1 (scores = vote fractions, scikit-learn's KNeighborsClassifier(metric='cosine')
+    `predict_proba`); with a temperature T neighbour i weighs exp(s_i / T), s_i its cosine similarity
+    (Wu et al. 2018, T = 0.07 there), and the weights are normalised to sum to 1 per query. Queries are
+    processed `query_batch` at a time, so memory is O(query_batch x N_train).
+    Returns (scores (N_query, num_classes) float64, {"accuracy", "macro_auc"} of those scores on the
+    query labels; `num_classes` defaults to 1 + the largest label; macro AUC over the classes present).
+    """
+    train_labels, query_labels = np.asarray(train_labels), np.asarray(query_labels)
+    train, query = _unit_rows(train_embeddings), _unit_rows(query_embeddings)
+    _check_embeddings("train", train, train_labels)
+    _check_embeddings("query", query, query_labels)
+    if train.shape[1] != query.shape[1]:
+        raise ValueError(f"knn_probe: train embeddings have {train.shape[1]} dimensions, queries {query.shape[1]}")
+    if not 1 <= k <= len(train):
+        raise ValueError(f"knn_probe: k = {k} neighbours must be between 1 and the {len(train)} training embeddings")
+    if temperature is not None and temperature <= 0:
+        raise ValueError(f"knn_probe: temperature must be positive (or None for plain votes), got {temperature}")
+    largest = max(train_labels.max(), query_labels.max())
+    num_classes = int(largest) + 1 if num_classes is None else num_classes
+    if largest >= num_classes:
+        raise ValueError(f"knn_probe: label {largest} does not fit num_classes = {num_classes}")
+    scores = np.zeros((len(query), num_classes))
+    rows = np.arange(min(query_batch, len(query)))[:, None]
+    for start in range(0, len(query), query_batch):
+        similarity = query[start:start + query_batch] @ train.T
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        neighbour_similarity = np.take_along_axis(similarity, nearest, axis=1)
+        if temperature is None:
+            weights = np.ones_like(neighbour_similarity)
+        else:  # shifted by the row maximum so that exp cannot overflow; the normalisation removes the shift
+            weights = np.exp((neighbour_similarity - neighbour_similarity.max(1, keepdims=True)) / temperature)
+        block = scores[start:start + query_batch]
+        np.add.at(block, (rows[:len(block)], train_labels[nearest]), weights)
+    scores /= scores.sum(axis=1, keepdims=True)
+    class_names = [str(c) for c in range(num_classes)]
+    return scores, {"accuracy": accuracy(scores, query_labels),
+                    "macro_auc": macro_roc_auc(scores, query_labels, class_names)}
 
 
 NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
