@@ -1,4 +1,4 @@
-"""Load a weaver ParT (weaver-core <= v0.4.x `ParticleTransformer`) state_dict into jetjax variables.
+"""weaver ParT (`weaver.nn.model.ParticleTransformer`) state_dicts <-> jetjax ParT variables, both ways.
 
 Accepts a mapping name -> array (PyTorch layouts), an `.npz` file (optionally with a key prefix such as
 'param/'), or a PyTorch `.pt`/`.pth` checkpoint when torch happens to be installed (torch is not a
@@ -10,6 +10,16 @@ in-projection (3E, E) -> separate query/key/value kernels; BatchNorm running_mea
 mean/var. HeadScale (PART_SPEC §2.8): the reference scales head h's 16 output channels by c_h and lays the
 result out as channel d*H + h; jetjax scales channel k by c[k mod H] without a permutation, so the
 permutation is folded into the rows of the attention output projection here.
+
+weaver-core 0.5 dropped that permutation: it scales channel h*D + d by c_h and keeps the order, so the same
+tensors are a different model there (the reference file's logits move by up to 2.5 in weaver 0.5.3). A 0.5
+state_dict (`weaver_version="0.5"`) is the same model with the residual stream (the E channels the blocks
+add to) in head-major order: every tensor axis that indexes the stream is permuted, HeadScale c is kept, and
+the output projection rows are already head-major. 0.5 files name the packed projection `attn.in_proj.weight`
+(`attn.in_proj_weight` is read too).
+
+`to_state_dict` writes the inverse (a jetjax ParT of the reference architecture -> weaver tensors in either
+layout) and `save_state_dict` stores it as weaver loads it: `.pt` (torch) or `.npz` (numpy only).
 """
 import re
 from pathlib import Path
@@ -35,11 +45,52 @@ def load_state_dict(path, prefix=""):
     return {k: v.detach().cpu().numpy() for k, v in state.items()}
 
 
+WEAVER_VERSIONS = ("0.4", "0.5")
+"""State_dict layouts: "0.4" for weaver-core <= 0.4.x (the ParT paper's v0.4.17), "0.5" for weaver-core 0.5.x."""
+
+
 def _head_scale_permutation(embed, num_heads):
     """perm[k] = reference output channel that jetjax channel k holds (k = d*H + h <- h*D + d)."""
     head_dim = embed // num_heads
     k = np.arange(embed)
     return (k % num_heads) * head_dim + k // num_heads
+
+
+def _check_version(weaver_version):
+    if weaver_version not in WEAVER_VERSIONS:
+        raise ValueError(f"weaver_version={weaver_version!r} is not one of {WEAVER_VERSIONS}: '0.4' for weaver-core "
+                         "<= 0.4.x (the ParT paper's models), '0.5' for weaver-core 0.5.x")
+
+
+_BLOCK_STREAM_AXES = {"pre_attn_norm.weight": 0, "pre_attn_norm.bias": 0, "post_attn_norm.weight": 0,
+                      "post_attn_norm.bias": 0, "pre_fc_norm.weight": 0, "pre_fc_norm.bias": 0, "w_resid": 0,
+                      "fc2.weight": 0, "fc2.bias": 0, "attn.in_proj_weight": 1, "fc1.weight": 1}
+"""The axis of each block tensor that indexes the residual stream (out_proj rows are head-major in both layouts)."""
+
+
+def _residual_stream_axes(state):
+    """{tensor name: axis} of every tensor axis of `state` (0.4 names) that indexes the residual stream."""
+    last = 3 * (_count(state, r"embed\.embed\.(\d+)\.") // 2) - 2  # the last Linear of the [LN, Linear, GELU]s
+    axes = {f"embed.embed.{last}.weight": 0, f"embed.embed.{last}.bias": 0, "norm.weight": 0, "norm.bias": 0,
+            "fc.0.weight": 1, "cls_token": 2}
+    for name in state:
+        block = re.fullmatch(r"(cls_)?blocks\.\d+\.(.+)", name)
+        if block and block.group(2) in _BLOCK_STREAM_AXES:
+            axes[name] = _BLOCK_STREAM_AXES[block.group(2)]
+    return axes
+
+
+def _embed_width(state):
+    if "norm.weight" not in state:
+        raise ValueError("ParT state_dict has no tensor 'norm.weight' (the final LayerNorm): is it a weaver "
+                         "ParticleTransformer?")
+    return len(state["norm.weight"])
+
+
+def _permute_residual_stream(state, order):
+    """`state` with every residual-stream axis reordered: new[..., m, ...] = old[..., order[m], ...]."""
+    axes = _residual_stream_axes(state)
+    return {name: np.take(value, order, axis=axes[name]) if name in axes else value for name, value in state.items()}
 
 
 def _dense(w, b):
@@ -78,22 +129,27 @@ def _count(state, pattern):
     return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
-def convert_state_dict(state, num_heads=8):
+def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
     """weaver ParT state_dict (name -> array) -> {'params': ..., 'batch_stats': ...} of `jetjax.models.ParT`.
 
     The matching jetjax model: `ParT(num_classes=<rows of fc.0.weight>, num_heads=num_heads)` with the
     reference's layer counts and widths (read from the state_dict shapes). Only the reference's
-    single-Linear classifier (`fc.0`) or no classifier are supported.
+    single-Linear classifier (`fc.0`) or no classifier are supported. `weaver_version`: the layout of
+    `state`, "0.4" (weaver-core <= 0.4.x) or "0.5" (weaver-core 0.5.x); see the module docstring.
     """
-    state = {re.sub(r"^(module\.)?(mod\.)?", "", k): np.asarray(v) for k, v in state.items()
-             if not k.endswith("num_batches_tracked")}
+    _check_version(weaver_version)
+    state = {re.sub(r"attn\.in_proj\.(weight|bias)$", r"attn.in_proj_\1", re.sub(r"^(module\.)?(mod\.)?", "", k)):
+             np.asarray(v) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    if weaver_version == "0.5":
+        state = _permute_residual_stream(state, _head_scale_permutation(_embed_width(state), num_heads))
     used = set()
 
     class Tracking(dict):
         def __getitem__(self, key):
             if key not in self:
-                raise ValueError(f"ParT state_dict has no tensor {key!r}: is it a weaver <= v0.4 ParticleTransformer "
-                                 "with pair embedding, scale_attn/fc/heads/resids on and a single-Linear head?")
+                raise ValueError(f"ParT state_dict has no tensor {key!r}: is it a weaver ParticleTransformer "
+                                 "(version 1) with pair embedding, scale_attn/fc/heads/resids on and a single-Linear "
+                                 "head?")
             used.add(key)
             return dict.__getitem__(self, key)
 
@@ -133,4 +189,107 @@ def check_compatible(variables, target):
     for key in sorted(set(got) | set(want)):
         if got.get(key) != want.get(key):
             raise ValueError(f"converted ParT variables do not fit the model at {key}: converted shape "
-                             f"{got.get(key)}, model expects {want.get(key)} (model config differs from the checkpoint)")
+                             f"{got.get(key)}, model expects {want.get(key)} (model config differs from the "
+                             "checkpoint)")
+
+
+def _linear_tensors(dense, conv=False):
+    """Dense {kernel (in, out), bias} -> weaver Linear weight (out, in) (Conv1d: (out, in, 1)) and bias."""
+    weight = np.asarray(dense["kernel"]).T
+    return {"weight": weight[:, :, None] if conv else weight, "bias": np.asarray(dense["bias"])}
+
+
+def _norm_tensors(p):
+    return {"weight": np.asarray(p["scale"]), "bias": np.asarray(p["bias"])}
+
+
+def _batch_norm_tensors(p, s):
+    return {**_norm_tensors(p), "running_mean": np.asarray(s["mean"]), "running_var": np.asarray(s["var"]),
+            "num_batches_tracked": np.zeros((), np.int64)}  # unused in eval mode and by momentum updates
+
+
+def _block_tensors(block):
+    attn = block["attn"]
+    unpermute = np.argsort(_head_scale_permutation(len(attn["out"]["bias"]), len(block["head_scale"])))
+    out = _linear_tensors(attn["out"])
+    projections = [_linear_tensors(attn[role]) for role in ("query", "key", "value")]
+    return {"c_attn": np.asarray(block["head_scale"]), "w_resid": np.asarray(block["resid_scale"]),
+            **_named("pre_attn_norm", _norm_tensors(block["pre_attn_norm"])),
+            "attn.in_proj_weight": np.concatenate([p["weight"] for p in projections]),
+            "attn.in_proj_bias": np.concatenate([p["bias"] for p in projections]),
+            "attn.out_proj.weight": out["weight"][unpermute], "attn.out_proj.bias": out["bias"][unpermute],
+            **_named("post_attn_norm", _norm_tensors(block["post_attn_norm"])),
+            **_named("pre_fc_norm", _norm_tensors(block["pre_fc_norm"])),
+            **_named("fc1", _linear_tensors(block["ffn"]["fc1"])),
+            **_named("post_fc_norm", _norm_tensors(block["ffn"]["post_fc_norm"])),
+            **_named("fc2", _linear_tensors(block["ffn"]["fc2"]))}
+
+
+def _named(prefix, tensors):
+    return {f"{prefix}.{k}": v for k, v in tensors.items()}
+
+
+def _leaf_paths(tree):
+    import jax
+
+    return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def to_state_dict(variables, weaver_version="0.5"):
+    """jetjax ParT variables {'params', 'batch_stats'} -> weaver `ParticleTransformer` state_dict (name -> numpy).
+
+    The inverse of `convert_state_dict` (same `weaver_version` layouts): `convert_state_dict(to_state_dict(v))`
+    gives back `v` bit for bit. Only the reference architecture has weaver tensors (ffn='gelu', no
+    layer_scale_init, head='linear' or no head); BatchNorm `num_batches_tracked` is written as 0. The weaver
+    model to load it into: `ParticleTransformer(input_dim=C, num_classes=K, embed_dims=..., pair_embed_dims=...,
+    num_heads=H, num_layers=..., num_cls_layers=..., use_pre_activation_pair=False, fc_params=[] (None
+    without a head))` with the widths and counts of the jetjax model.
+    """
+    _check_version(weaver_version)
+    params, stats = variables["params"], variables["batch_stats"]
+    embed, pair = params["embed"], params["pair_embed"]
+    state = {"cls_token": np.asarray(params["cls_token"])}
+    state.update(_named("embed.input_bn", _batch_norm_tensors(embed["input_bn"], stats["embed"]["input_bn"])))
+    for i in range(sum(k.startswith("dense_") for k in embed)):
+        state.update(_named(f"embed.embed.{3 * i}", _norm_tensors(embed[f"norm_{i}"])))
+        state.update(_named(f"embed.embed.{3 * i + 1}", _linear_tensors(embed[f"dense_{i}"])))
+    state.update(_named("pair_embed.embed.0", _batch_norm_tensors(pair["input_bn"], stats["pair_embed"]["input_bn"])))
+    for i in range(sum(k.startswith("dense_") for k in pair)):
+        state.update(_named(f"pair_embed.embed.{3 * i + 1}", _linear_tensors(pair[f"dense_{i}"], conv=True)))
+        state.update(_named(f"pair_embed.embed.{3 * i + 2}",
+                            _batch_norm_tensors(pair[f"bn_{i}"], stats["pair_embed"][f"bn_{i}"])))
+    blocks = [name for name in params if name.startswith(("blocks_", "cls_blocks_"))]
+    for name in blocks:
+        kind, i = name.rsplit("_", 1)
+        state.update(_named(f"{kind}.{i}", _block_tensors(params[name])))
+    state.update(_named("norm", _norm_tensors(params["norm"])))
+    if "head" in params:
+        state.update(_named("fc.0", _linear_tensors(params["head"]["out"])))
+    num_heads = len(params[blocks[0]]["head_scale"])
+    unwritten = sorted(_leaf_paths(variables) - _leaf_paths(convert_state_dict(state, num_heads)))
+    if unwritten:
+        raise ValueError(f"jetjax ParT variables with no tensor in weaver's reference ParticleTransformer: "
+                         f"{unwritten[:3]}{' ...' if len(unwritten) > 3 else ''}; only the reference architecture "
+                         "(model.ffn='gelu', model.layer_scale_init=None, model.head='linear') can be written")
+    if weaver_version == "0.5":
+        order = np.argsort(_head_scale_permutation(len(state["norm.weight"]), num_heads))
+        state = _permute_residual_stream(state, order)
+        state = {re.sub(r"attn\.in_proj_(weight|bias)$", r"attn.in_proj.\1", k): v for k, v in state.items()}
+    return state
+
+
+def save_state_dict(state, path):
+    """Write a state_dict (name -> numpy) as weaver reads it: a `.pt` file of torch tensors (needs torch) or
+    an `.npz` of numpy arrays (read back with `load_state_dict`)."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        np.savez(path, **state)
+        return path
+    if path.suffix not in (".pt", ".pth"):
+        raise ValueError(f"{path}: a weaver state_dict is written as .pt/.pth (torch) or .npz")
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(f"writing {path} needs PyTorch (pip install torch); write an .npz instead") from err
+    torch.save({k: torch.tensor(np.asarray(v)) for k, v in state.items()}, path)
+    return path
