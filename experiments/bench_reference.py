@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 import jax
-import ml_collections
 import numpy as np
 
 from configs import supervised_part

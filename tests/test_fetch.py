@@ -15,7 +15,8 @@ import pytest
 
 from jetjax.data import fetch, pipeline, synthetic
 from jetjax.data.classes import get_scheme
-from jetjax.data.fetch import ChecksumError, DiskFullError, FetchError, RemoteFile
+from jetjax.data.catalogue import RemoteFile
+from jetjax.data.fetch import ChecksumError, DiskFullError, FetchError
 from jetjax.data.readers import JETCLASS2_SPLIT_RANGES, SPLIT_FOLDERS, discover_files
 
 
@@ -325,9 +326,27 @@ def test_catalogue_checksums_parts_and_aliases():
     jetclass = fetch.DATASETS["JetClass"]
     assert {p.folder for p in jetclass.parts.values()} == {names[-1] for names in SPLIT_FOLDERS.values()}
     assert fetch.select_parts(jetclass, ["val", "train", "train3"]) == ["val"] + [f"train{i}" for i in range(10)]
-    assert fetch.select_parts(fetch.DATASETS["QuarkGluon"]) == ["nobc"]
+    assert fetch.select_parts(fetch.DATASETS["QuarkGluon"]) == ["nobc-train", "nobc-val", "nobc-test"]
     with pytest.raises(ValueError, match="JetClass has no part 'tarin'.*aliases: all, train"):
         fetch.select_parts(jetclass, ["tarin"])
+
+
+@pytest.mark.parametrize("name", ["TopLandscape", "QuarkGluon", "JetClass-II"])
+def test_fetched_layout_is_what_the_readers_discover(tmp_path, name):
+    """Every fetched data file lands where readers.discover_files finds it for its own split, and only there."""
+    dataset = fetch.DATASETS[name]
+    expected = {}
+    for part_name in fetch.select_parts(dataset, [dataset.default[0]]):
+        part = dataset.parts[part_name]
+        split = part_name.split("-")[-1]    # train, Res2P-train, nobc-train
+        for file in part.files:
+            path = tmp_path / dataset.name / part.folder / file.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+            expected.setdefault(split, set()).add(path)
+    for split in ("train", "val", "test"):
+        found = {p for paths in discover_files(tmp_path / dataset.name, split).values() for p in paths}
+        assert found == expected[split], (name, split)
 
 
 def test_command_line(server, tmp_path, capsys):

@@ -5,7 +5,6 @@ with itself is float32 rounding noise of E^2 - |p|^2, and under jit XLA fuses mu
 which rounds that noise differently. `test_jit_equals_op_by_op` checks that jit changes nothing else.
 """
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,6 +1,5 @@
 """The training engine: resume after a signal is bit-identical, seeds decide everything, finetune and probe
 take the pretrained encoder, and the quickstart runs end to end."""
-import json
 import os
 import signal
 import subprocess

@@ -22,7 +22,6 @@ aux_genpart_* hold the resonance (isResX) and its prongs (isResDecayProd) or the
 Layout: OUT/{train,val,test}/{Res2P,Res34P,QCD}_NNNN.parquet, numbered continuously over the splits.
 """
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np

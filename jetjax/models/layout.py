@@ -195,7 +195,7 @@ class PackedLayout:
 
         order = jnp.argsort(lengths, stable=True).astype(jnp.int32)  # jets by increasing multiplicity
         jet_rank = jnp.argsort(order).astype(jnp.int32)
-        start, starts, flat_start = 0, [], []
+        start, starts = 0, []
         group_jets, group_index = [], []
         for jets_g, slots_g in plan.groups:
             members = order[start:start + jets_g]
