@@ -17,20 +17,27 @@ way (the batches before `start_batch` are replayed: decoded and drawn, never fea
 report is the same too (workers return their counts). An error raised in a worker is raised here with
 its message (read errors name the file) and a note naming the worker, the file or batch and its
 traceback; a worker that dies raises a RuntimeError. Workers are forked from multiprocessing's fork server
-(a fresh process that imported only this module and pyarrow; the parent itself is never forked, as it has
+(a fresh process that imported only the readers, pyarrow and pandas; the parent itself is never forked, as it has
 usually imported jax) for each epoch's iterator and stopped when it ends, is closed or is garbage-collected.
 """
 import fcntl
 import itertools
 import multiprocessing
+import os
 import pickle
 import queue
 import threading
 import traceback
 from collections import deque
 
+import numpy as np
+
 from jetjax.data import features as feats
 from jetjax.data.readers import DataReport, read_chunks
+
+FORK_SERVER_PRELOAD = ["jetjax.data.workers", "jetjax.data.benchmarks", "pyarrow.parquet", "pandas"]
+"""Imported once by the fork server, not by every worker: the modules a first read imports (pyarrow
+imports pandas, where installed, on its first read: about a second)."""
 
 
 class WorkerSampler:
@@ -65,7 +72,7 @@ class WorkerPool:
 
     def __init__(self, count, read_ahead):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["jetjax.data.workers", "pyarrow.parquet"])
+        context.set_forkserver_preload(FORK_SERVER_PRELOAD)
         self.read_ahead, self.requests, self.replies, self.processes = read_ahead, [], [], []
         self.inbox, self.keys, self.turn = {}, itertools.count(), itertools.count()
         for i in range(count):
@@ -113,7 +120,7 @@ class WorkerPool:
 
     def _send(self, worker, message):
         try:
-            self.requests[worker].send(message)
+            send(self.requests[worker], message)
         except (BrokenPipeError, ConnectionResetError):
             raise self._died(worker, "taking a request") from None
 
@@ -121,7 +128,7 @@ class WorkerPool:
         """The next reply to `key` from `worker`; a reply of kind 'error' is raised with notes."""
         while not self.inbox.get(key):
             try:
-                kind, reply_key, value = self.replies[worker].recv()
+                kind, reply_key, value = receive(self.replies[worker])
             except (EOFError, ConnectionResetError):
                 raise self._died(worker, doing) from None
             self.inbox.setdefault(reply_key, deque()).append((kind, value))
@@ -180,16 +187,15 @@ def serve(requests, replies):
                     chunk = next(files[key], None)
                     if chunk is None:
                         del files[key]
-                    replies.send(("chunk", key, chunk) if chunk is not None else ("end", key, None))
+                    send(replies, ("chunk", key, chunk) if chunk is not None else ("end", key, None))
                 elif request == "batch":
                     report = DataReport()
-                    batch = feats.to_batch(*args, report)
-                    replies.send(("batch", key, (batch, dict(report.counts))))
+                    send(replies, ("batch", key, (feats.to_batch(*args, report), dict(report.counts))))
             except (BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as error:  # handed to the parent, raised there
                 files.pop(key, None)
-                replies.send(("error", key, (_picklable(error), traceback.format_exc())))
+                send(replies, ("error", key, (_picklable(error), traceback.format_exc())))
     except (BrokenPipeError, ConnectionResetError):
         return  # the parent closed the pipe
 
@@ -198,9 +204,35 @@ def _receive_all(requests, waiting):
     """Move requests from their pipe to `waiting` until the parent closes it (then None)."""
     try:
         while True:
-            waiting.put(requests.recv())
+            waiting.put(receive(requests))
     except (EOFError, OSError):
         waiting.put(None)
+
+
+def send(connection, message):
+    """Send `message` through a multiprocessing Connection with the data of its numpy arrays written to
+    the pipe straight from their memory (pickle protocol 5 out-of-band buffers)."""
+    buffers = []
+    header = pickle.dumps(message, protocol=5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    connection.send((header, [view.nbytes for view in views]))
+    for view in views:
+        while len(view):
+            view = view[os.write(connection.fileno(), view):]
+
+
+def receive(connection):
+    """A message of `send`, its arrays read from the pipe into their own fresh memory."""
+    header, sizes = connection.recv()
+    buffers = [np.empty(size, np.uint8) for size in sizes]
+    for buffer in buffers:
+        view = memoryview(buffer)
+        while len(view):
+            n = os.readv(connection.fileno(), [view])
+            if n == 0:
+                raise EOFError("the other end of the pipe closed during a message")
+            view = view[n:]
+    return pickle.loads(header, buffers=buffers)
 
 
 def _picklable(error):
