@@ -14,9 +14,10 @@ e))` and the streams restart at each epoch, so an epoch is a function of (seed, 
 is therefore (seed, epoch, batches already drawn): `batches(epoch, start_batch=n)` reconstructs it by
 replaying the reads and draws of the first n batches without building their features.
 
-The reading of files (`read`, default readers.read_chunks) and the building of features (`batch_jets`
-yields each batch's jets before `features.to_batch`) are pure stages that jetjax.data.workers runs in
-worker processes, leaving the sampler's choices here.
+The reading of files (`read`, default readers.read_chunks) and the building of each batch from the jets
+drawn for it (`batch_jets` yields them per class, `build_batch` puts them in order and computes the
+features) are pure stages that jetjax.data.workers runs in worker processes, leaving the sampler's
+choices here.
 
 Natural test stream (`natural_batches`): every file of the split once, in name order, every jet of the
 task's classes once in file order, original class frequencies; the last batch may be smaller.
@@ -179,12 +180,13 @@ class StratifiedSampler:
 
     def batches(self, epoch=0, start_batch=0):
         """Yield the batches of `epoch` from batch number `start_batch` on (module docstring)."""
-        for chunk, labels in self.batch_jets(epoch, start_batch):
-            yield feats.to_batch(chunk, labels, self.feature_set, self.num_particles, self.report)
+        for parts, positions, labels in self.batch_jets(epoch, start_batch):
+            yield build_batch(parts, positions, labels, self.feature_set, self.num_particles, self.report)
 
     def batch_jets(self, epoch=0, start_batch=0, read=read_chunks):
-        """(clean JetChunk, class labels) of each batch of `epoch` from `start_batch` on, before features;
-        files are read with `read(path, columns, label_branches, chunk_size)`."""
+        """(clean JetChunks of the jets drawn per class, their positions in the batch, class labels) of each
+        batch of `epoch` from `start_batch` on (for `build_batch`); files are read with
+        `read(path, columns, label_branches, chunk_size)`."""
         rng = np.random.default_rng((self.seed, epoch))
         sequence = self.class_sequence(rng)
         streams = {g: GroupStream(g, files, np.random.default_rng((self.seed, epoch, i)),
@@ -204,7 +206,13 @@ class StratifiedSampler:
                 order.append(np.flatnonzero(labels == k))
             if b < start_batch:
                 continue
-            yield concatenate_chunks(parts).take(np.argsort(np.concatenate(order))), labels
+            yield parts, order, labels
+
+
+def build_batch(parts, positions, labels, feature_set, num_particles, report):
+    """The padded batch (features.to_batch) of jets drawn as JetChunks `parts` that sit at `positions`."""
+    chunk = concatenate_chunks(parts).take(np.argsort(np.concatenate(positions)))
+    return feats.to_batch(chunk, labels, feature_set, num_particles, report)
 
 
 def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chunk_size=4096,

@@ -9,7 +9,7 @@ thread (`StratifiedSampler.batch_jets`), and hands the two pure stages to `worke
 
 - when the sampler opens a file, a worker (in turn) starts decoding it, `read_ahead` chunks ahead of the
   sampler, which takes them in file order (`readers.read_chunks` runs in the worker);
-- the jets the sampler drew for batch i go to worker i mod N for `features.to_batch`; up to
+- the jets the sampler drew for batch i go to worker i mod N for `sampler.build_batch`; up to
   `2 N` batches are in flight and they come back in order.
 
 Hence the stream equals the in-thread one bit for bit, whatever N, and resumes at any batch in the same
@@ -32,8 +32,8 @@ from collections import deque
 
 import numpy as np
 
-from jetjax.data import features as feats
 from jetjax.data.readers import DataReport, read_chunks
+from jetjax.data.sampler import build_batch
 
 FORK_SERVER_PRELOAD = ["jetjax.data.workers", "jetjax.data.benchmarks", "pyarrow.parquet", "pandas"]
 """Imported once by the fork server, not by every worker: the modules a first read imports (pyarrow
@@ -55,8 +55,8 @@ class WorkerSampler:
         pool = WorkerPool(self.workers, self.read_ahead)
         try:
             pending = deque()
-            for index, (chunk, labels) in enumerate(s.batch_jets(epoch, start_batch, pool.read), start=start_batch):
-                pending.append(pool.submit_batch(index, chunk, labels, s.feature_set, s.num_particles))
+            for index, jets in enumerate(s.batch_jets(epoch, start_batch, pool.read), start=start_batch):
+                pending.append(pool.submit_batch(index, *jets, s.feature_set, s.num_particles))
                 if len(pending) > 2 * self.workers:
                     yield pool.batch(*pending.popleft(), s.report)
             while pending:
@@ -105,10 +105,11 @@ class WorkerPool:
             self._send(worker, ("next", key))
             yield value
 
-    def submit_batch(self, index, chunk, labels, feature_set, num_particles):
-        """Send batch `index`'s jets to worker index mod N; returns the arguments of `batch`."""
+    def submit_batch(self, index, *jets_and_settings):
+        """Send batch `index`'s jets (the arguments of sampler.build_batch but the report) to worker
+        index mod N; returns the arguments of `batch`."""
         worker = index % len(self.processes)
-        self._send(worker, ("batch", ("batch", index), chunk, labels, feature_set, num_particles))
+        self._send(worker, ("batch", ("batch", index), *jets_and_settings))
         return worker, ("batch", index)
 
     def batch(self, worker, key, report):
@@ -171,7 +172,7 @@ def _widen(connection, size=1 << 20):
 
 def serve(requests, replies):
     """A worker's loop: requests ('open', key, path, columns, label_branches, chunk_size), ('next', key) and
-    ('batch', key, chunk, labels, feature_set, num_particles), answered in order with (kind, key, value);
+    ('batch', key, parts, positions, labels, feature_set, num_particles), answered in order with (kind, key, value);
     an error is answered as ('error', key, (exception, traceback text)) and ends that file. A thread takes
     the requests off their pipe as they come, so that the parent never waits to send one."""
     waiting = queue.SimpleQueue()
@@ -190,7 +191,7 @@ def serve(requests, replies):
                     send(replies, ("chunk", key, chunk) if chunk is not None else ("end", key, None))
                 elif request == "batch":
                     report = DataReport()
-                    send(replies, ("batch", key, (feats.to_batch(*args, report), dict(report.counts))))
+                    send(replies, ("batch", key, (build_batch(*args, report), dict(report.counts))))
             except (BrokenPipeError, ConnectionResetError):
                 raise
             except Exception as error:  # handed to the parent, raised there
