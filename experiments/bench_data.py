@@ -1,17 +1,18 @@
 """Data-stage throughput: jets/s for feature building, read + features + batching from parquet, the
 stratified training sampler, the sampler behind the prefetch thread, and the sampler with its reading and
-features in worker processes (data.workers). Prints one JSON line per stage.
+batch building in worker processes (data.workers). Prints one JSON line per stage.
 
-    python experiments/bench_data.py [--root DIR] [--jets-per-group 40000] [--feature-sets kin full] [--workers 0 1 2]
+    python experiments/bench_data.py [--root DIR] [--jets-per-group 40000] [--feature-sets kin full]
+                                     [--workers 0 1 2]
 
 Without --root it writes a synthetic dataset (the JetClass-II parquet format) to a temporary folder.
-pyarrow is limited to one thread (in the workers too) so that the figures are per core. The workers stage
-also gives CPU seconds: of this process (the sampler's choices, cleaning, and the transfers) and of the
-workers (from /proc; decoding and features), hence the per-worker rate, jets per worker CPU second, and
-`free_cores_jets_per_s` = min(jets per caller CPU second, workers x per-worker rate), the rate on
-workers + 1 otherwise idle cores, which a shared or small machine cannot show in wall-clock time. The last figure hands each batch on
-after a GIL-free wait (a simulated accelerator step): with prefetching the data work hides behind it, so
-its jets/s approach min(data rate, batch_size / step_seconds).
+pyarrow is limited to one thread (in the workers too) so that the figures are per core. The
+busy-consumer figure hands each batch on after a GIL-free wait (a simulated accelerator step): with
+prefetching the data work hides behind it, so its jets/s approach min(data rate, batch_size / step_seconds).
+The workers figures add CPU seconds: of this process (the sampler's choices, cleaning, the transfers) and
+of the workers (from /proc: decoding and batch building), hence the per-worker rate (jets per worker CPU
+second) and `free_cores_jets_per_s` = min(jets per caller CPU second, workers x per-worker rate), the rate
+on workers + 1 otherwise idle cores, which a shared or small machine cannot show in wall-clock time.
 """
 import argparse
 import json

@@ -41,7 +41,7 @@ imports pandas, where installed, on its first read: about a second)."""
 
 
 class WorkerSampler:
-    """`sampler` (a StratifiedSampler) with its reading and feature building in `workers` processes."""
+    """`sampler` (a StratifiedSampler) with its reading and batch building in `workers` processes."""
 
     def __init__(self, sampler, workers, read_ahead=2):
         if workers < 1:
@@ -66,7 +66,7 @@ class WorkerSampler:
 
 
 class WorkerPool:
-    """`count` spawned processes serving file reads and batch features, each over a request pipe and a
+    """`count` worker processes serving file reads and batch building, each over a request pipe and a
     reply pipe (two, so that neither side's send of a large message waits on the other's); replies to
     several requests share a pipe and are sorted by key on arrival."""
 
