@@ -25,18 +25,22 @@ import numpy as np
 from jetjax.data.classes import get_scheme
 from jetjax.data.readers import LABEL_COLUMN, DataError, DataReport, discover_files
 from jetjax.data.sampler import StratifiedSampler, natural_batches
+from jetjax.data.workers import WorkerSampler
 
 
 def training_sampler(root=None, split="train", feature_set="kin", num_particles=128, batch_size=256,
                      epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
                      buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any",
-                     length_window=0):
+                     length_window=0, workers=0):
     """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch. With
-    `length_window` > 1, batches are regrouped by multiplicity within windows of that many batches
-    (`LengthGroupedSampler`)."""
+    `workers` >= 1, files are decoded and features built in that many processes (workers.WorkerSampler,
+    the same batches). With `length_window` > 1, batches are regrouped by multiplicity within windows of
+    that many batches (`LengthGroupedSampler`)."""
     sampler = StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
                                 num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
                                 skip_bad_files, report)
+    if workers >= 1:
+        sampler = WorkerSampler(sampler, workers)
     return LengthGroupedSampler(sampler, length_window) if length_window > 1 else sampler
 
 

@@ -14,6 +14,11 @@ e))` and the streams restart at each epoch, so an epoch is a function of (seed, 
 is therefore (seed, epoch, batches already drawn): `batches(epoch, start_batch=n)` reconstructs it by
 replaying the reads and draws of the first n batches without building their features.
 
+The reading of files (`read`, default readers.read_chunks) and the building of each batch from the jets
+drawn for it (`batch_jets` yields them per class, `build_batch` puts them in order and computes the
+features) are pure stages that jetjax.data.workers runs in worker processes, leaving the sampler's
+choices here.
+
 Natural test stream (`natural_batches`): every file of the split once, in name order, every jet of the
 task's classes once in file order, original class frequencies; the last batch may be smaller.
 """
@@ -47,11 +52,11 @@ def _at_most(rows, n, rng):
     return rows if len(rows) <= n else rng.choice(rows, n, replace=False)
 
 
-def iter_file_chunks(path, columns, label_branches, chunk_size, skip_bad_files, report):
-    """Chunks of one file; a read error raises (naming the file) or, with `skip_bad_files`, ends the file
-    and is reported."""
+def iter_file_chunks(chunks, path, skip_bad_files, report):
+    """The chunks of file `path` from the iterator `chunks` (e.g. read_chunks(path, ...)); a read error
+    raises (naming the file) or, with `skip_bad_files`, ends the file and is reported."""
     try:
-        yield from read_chunks(path, columns, label_branches, chunk_size)
+        yield from chunks
     except MissingColumnError:
         raise
     except DataError as error:
@@ -155,8 +160,8 @@ class StratifiedSampler:
         counts = exact_counts(self.batches_per_epoch * self.batch_size, self.scheme.target_fractions)
         return rng.permutation(np.repeat(np.arange(len(counts)), counts))
 
-    def _read(self, path):
-        return iter_file_chunks(path, self.columns, self.scheme.label_branches, self.chunk_size,
+    def _read(self, path, read):
+        return iter_file_chunks(read(path, self.columns, self.scheme.label_branches, self.chunk_size), path,
                                 self.skip_bad_files, self.report)
 
     def _fill(self, buffers, stream, needed_class, target):
@@ -175,10 +180,17 @@ class StratifiedSampler:
 
     def batches(self, epoch=0, start_batch=0):
         """Yield the batches of `epoch` from batch number `start_batch` on (module docstring)."""
+        for parts, positions, labels in self.batch_jets(epoch, start_batch):
+            yield build_batch(parts, positions, labels, self.feature_set, self.num_particles, self.report)
+
+    def batch_jets(self, epoch=0, start_batch=0, read=read_chunks):
+        """(clean JetChunks of the jets drawn per class, their positions in the batch, class labels) of each
+        batch of `epoch` from `start_batch` on (for `build_batch`); files are read with
+        `read(path, columns, label_branches, chunk_size)`."""
         rng = np.random.default_rng((self.seed, epoch))
         sequence = self.class_sequence(rng)
-        streams = {g: GroupStream(g, files, np.random.default_rng((self.seed, epoch, i)), self._read,
-                                  self.pool_size)
+        streams = {g: GroupStream(g, files, np.random.default_rng((self.seed, epoch, i)),
+                                  lambda path: self._read(path, read), self.pool_size)
                    for i, (g, files) in enumerate(sorted(self.groups.items()))}
         buffers = [ClassBuffer() for _ in self.scheme.classes]
         for b in range(self.batches_per_epoch):
@@ -194,8 +206,13 @@ class StratifiedSampler:
                 order.append(np.flatnonzero(labels == k))
             if b < start_batch:
                 continue
-            chunk = concatenate_chunks(parts).take(np.argsort(np.concatenate(order)))
-            yield feats.to_batch(chunk, labels, self.feature_set, self.num_particles, self.report)
+            yield parts, order, labels
+
+
+def build_batch(parts, positions, labels, feature_set, num_particles, report):
+    """The padded batch (features.to_batch) of jets drawn as JetChunks `parts` that sit at `positions`."""
+    chunk = concatenate_chunks(parts).take(np.argsort(np.concatenate(positions)))
+    return feats.to_batch(chunk, labels, feature_set, num_particles, report)
 
 
 def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chunk_size=4096,
@@ -207,7 +224,8 @@ def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chun
     files = sorted((f for fs in groups.values() for f in fs), key=str)
     rest = None
     for path in files:
-        for raw in iter_file_chunks(path, columns, scheme.label_branches, chunk_size, skip_bad_files, report):
+        chunks = read_chunks(path, columns, scheme.label_branches, chunk_size)
+        for raw in iter_file_chunks(chunks, path, skip_bad_files, report):
             chunk = task_jets(raw, scheme, report)[0]
             merged = chunk if rest is None else concatenate_chunks([rest, chunk])
             start = 0
