@@ -1,15 +1,21 @@
 """The device line, the compute dtype `model.dtype` resolves to, and the warning for an accelerator the system
 shows but jax does not use (detection monkeypatched: this machine has neither)."""
 import fnmatch
+import re
 import types
 import warnings
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import quickstart
 from jetjax import devices, train
+
+
+PORTABLE_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
+"""Custom calls every XLA backend implements (sharding annotations)."""
 
 
 def fake_device(platform, kind):
@@ -85,3 +91,25 @@ def test_announce_prints_the_line_and_warns(monkeypatch, capsys):
         devices.announce(jnp.dtype(jnp.float32))
     assert capsys.readouterr().out.startswith("devices: ")
     assert any('".[cuda12]"' in str(w.message) for w in caught) == expect_warning
+
+
+def test_the_engine_train_step_lowers_for_tpu_without_platform_kernels():
+    """The whole train step (packed attention with the pair bias, masked BatchNorm, dropout, AdamW) in
+    bfloat16 lowers for TPU from this CPU machine, and calls no platform-specific kernel (a CUDA-only fused
+    kernel would fail to lower or show up as a custom call)."""
+    from conftest import toy_jets
+    from jetjax import optim, parallel
+
+    config = quickstart.get_config()
+    config.model.update(dict(embed_dims=(16, 16, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=1,
+                             num_cls_layers=1, dtype="bfloat16"))
+    config.data.num_particles = 16
+    model = train.build_model(config)
+    tx = optim.make_optimizer(100, **config.optimizer)
+    batch = {k: np.asarray(v) for k, v in toy_jets(batch=4, slots=16, lengths=(16, 9, 3, 1)).items()}
+    state = jax.eval_shape(lambda: train.init_state(model, tx, batch, jax.random.key(0)))
+    batch, plan = train.Feeder(model, parallel.data_mesh(), 16, train.layout_settings(config)).prepare(batch)
+    assert plan is not None  # the packed layout
+    exported = jax.export.export(train.make_train_step(model, tx), platforms=["tpu"])(state, batch, plan)
+    assert exported.platforms == ("tpu",)
+    assert set(re.findall(r"custom_call @(\w+)", exported.mlir_module())) <= PORTABLE_CUSTOM_CALLS
