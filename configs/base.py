@@ -30,7 +30,7 @@ def get_config():
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
         ffn="gelu", ffn_ratio=4.0, dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, drop_path=0.0,
         layer_scale_init=config_dict.placeholder(float), head="linear", head_hidden=256, head_dropout=0.1,
-        dtype="float32"))
+        dtype="auto"))                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU (jetjax.devices)
     c.objective = ml_collections.ConfigDict(dict(name="supervised"))
     c.optimizer = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-4, weight_decay=0.01, clip_norm=1.0, schedule="cosine", warmup_steps=0))

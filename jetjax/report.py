@@ -1,4 +1,5 @@
-"""The study's Tables 1-4 (Markdown, CSV, JSON), ROC curves and the t-SNE figure, from evaluated runs.
+"""The study's Tables 1-4 (Markdown, CSV, JSON), ROC curves and the t-SNE figure, from evaluated runs; a run's
+training curves from its metrics.jsonl.
 
 `results` maps a run name (a table row, e.g. "Ours (SupCon)") to the dict `metrics.evaluate` returned
 (or `metrics.read_json` read back). Markdown and CSV hold the values formatted as the study prints them
@@ -155,6 +156,45 @@ def plot_tsne(embeddings, class_names, path, max_points=2000, seed=0):
             ax.scatter(points[chosen, 0], points[chosen, 1], s=3, label=name)
         ax.set(title=run, xticks=[], yticks=[])
     axes[0, -1].legend(markerscale=4, fontsize="small", loc="center left", bbox_to_anchor=(1, 0.5))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def read_metrics_log(path):
+    """A run's metrics.jsonl (jetjax.train.MetricsLog) by split: {split: {key: values in record order}};
+    a key a record lacks is NaN there."""
+    import json
+
+    records = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{path} holds no records: has the run trained a step yet?")
+    splits = {}
+    for record in records:
+        splits.setdefault(record["split"], []).append(record)
+    return {split: {key: np.array([r.get(key, np.nan) for r in rows], dtype=float)
+                    for key in dict.fromkeys(k for r in rows for k in r if k != "split")}
+            for split, rows in splits.items()}
+
+
+def plot_training_curves(metrics_log, path):
+    """PNG of a run's curves against the training step: training and validation loss (left), the validation
+    quantity that selects the best checkpoint (`val_*`, right). `metrics_log`: the run's metrics.jsonl."""
+    plt = _pyplot()
+    log = read_metrics_log(metrics_log)
+    train, val = log.get("train", {}), log.get("val", {})
+    fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    for name, split in (("training", train), ("validation", val)):
+        if "loss" in split:
+            loss_ax.plot(split["step"], split["loss"], marker="o" if name == "validation" else None, label=name)
+    loss_ax.set(xlabel="step", ylabel="loss", title="loss")
+    loss_ax.legend()
+    for key in (k for k in val if k.startswith("val_")):
+        val_ax.plot(val["step"], val[key], marker="o", label=key)
+    val_ax.set(xlabel="step", title="validation selection")
+    val_ax.legend()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")

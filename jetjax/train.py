@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jetjax import optim, parallel
+from jetjax import devices, optim, parallel
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.models.layout import plan_layout, slot_bucket
@@ -163,7 +163,7 @@ def build_model(config):
     if mode not in MODES:
         raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
     classify = mode in CLASSIFIER_MODES or mode == "evaluate"
-    model_settings = {**config.model, "dtype": jnp.dtype(config.model.dtype)}
+    model_settings = {**config.model, "dtype": devices.compute_dtype(config.model.dtype, jax.default_backend())}
     encoder = ParT(num_classes=get_scheme(config.data.scheme).num_classes if classify else None, **model_settings)
     if classify:
         return objectives.Supervised(encoder, freeze_encoder=mode == "probe")
@@ -371,6 +371,7 @@ def fit(config, workdir):
     from jetjax.data.readers import DataReport
 
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
+    devices.announce(model.encoder.dtype)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -107,3 +107,24 @@ def test_figures_are_written(results, tmp_path):
     with threadpool_limits(1):  # OpenMP threads of t-SNE spin for seconds on a busy 2-core machine
         path = report.plot_tsne(embeddings, JETCLASS2_7.titles, tmp_path / "tsne.png", max_points=150)
     assert path.stat().st_size > 1000
+
+
+def test_training_curves_read_back_what_the_run_logged(tmp_path):
+    from jetjax.train import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    log.write("train", 10, {"loss": 2.0, "accuracy": 0.1})
+    log.write("val", 20, {"loss": 1.7, "val_macro_auc": 0.6})
+    log.write("train", 20, {"loss": 1.5, "accuracy": 0.3})
+    log.write("train", 30, {"loss": 1.0})  # a record without accuracy
+    log.close()
+    curves = report.read_metrics_log(tmp_path / "metrics.jsonl")
+    assert sorted(curves) == ["train", "val"]
+    assert curves["train"]["step"].tolist() == [10, 20, 30] and curves["train"]["loss"].tolist() == [2.0, 1.5, 1.0]
+    np.testing.assert_array_equal(curves["train"]["accuracy"], [0.1, 0.3, np.nan])
+    assert curves["val"]["val_macro_auc"].tolist() == [0.6]
+    path = report.plot_training_curves(tmp_path / "metrics.jsonl", tmp_path / "figures" / "curves.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty.jsonl holds no records"):
+        report.read_metrics_log(tmp_path / "empty.jsonl")

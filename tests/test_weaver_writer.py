@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
-from jetjax.models.convert import convert_state_dict, load_state_dict, save_state_dict, to_state_dict
+from jetjax.models.convert import convert_state_dict, load_state_dict, matching_part, save_state_dict, to_state_dict
 from jetjax.models.part import ParT
 from test_export import TINY, massive_jets
 
@@ -50,6 +50,15 @@ def test_round_trip_is_bit_identical(model, weaver_version):
     num_heads = 8 if model == "reference" else TINY["num_heads"]
     state = to_state_dict(variables, weaver_version)
     assert_bit_identical(convert_state_dict(state, num_heads, weaver_version), variables)
+
+
+@pytest.mark.parametrize("model", ["reference", "tiny"])
+def test_matching_part_is_the_model_the_variables_fit(model):
+    """Converted variables -> the ParT they came from (a 2-head model with FFN ratio 2 and a 4x one, 8 heads)."""
+    variables = reference_variables() if model == "reference" else convert_state_dict(
+        to_state_dict(tiny_variables(ffn_ratio=2.0)), TINY["num_heads"])
+    want = ParT(num_classes=10) if model == "reference" else ParT(num_classes=5, **TINY, ffn_ratio=2.0)
+    assert matching_part(variables) == want
 
 
 def test_the_two_layouts_differ_only_by_the_residual_stream_order():

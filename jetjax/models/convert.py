@@ -18,8 +18,9 @@ add to) in head-major order: every tensor axis that indexes the stream is permut
 the output projection rows are already head-major. 0.5 files name the packed projection `attn.in_proj.weight`
 (`attn.in_proj_weight` is read too).
 
-`to_state_dict` writes the inverse (a jetjax ParT of the reference architecture -> weaver tensors in either
-layout) and `save_state_dict` stores it as weaver loads it: `.pt` (torch) or `.npz` (numpy only).
+`matching_part(variables)` is the jetjax ParT that converted variables fit. `to_state_dict` writes the inverse
+(a jetjax ParT of the reference architecture -> weaver tensors in either layout) and `save_state_dict` stores
+it as weaver loads it: `.pt` (torch) or `.npz` (numpy only).
 """
 import re
 from pathlib import Path
@@ -178,6 +179,26 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
         raise ValueError(f"ParT state_dict tensors not understood by the converter: {unused[:5]}"
                          f"{' ...' if len(unused) > 5 else ''} (only the reference configuration is supported)")
     return {"params": params, "batch_stats": stats}
+
+
+def matching_part(variables, **settings):
+    """The jetjax ParT that `variables` (convert_state_dict's result) belong to: widths, layer and head counts,
+    FFN ratio and classes read from their shapes, weaver's FFN (GELU) and linear head; `settings` set the
+    other ParT fields (e.g. dtype)."""
+    from jetjax.models.part import ParT
+
+    params = variables["params"]
+    embed, pair = params["embed"], params.get("pair_embed", {})
+    blocks = [params[k] for k in params if k.startswith("blocks_")]
+    cls_blocks = [k for k in params if k.startswith("cls_blocks_")]
+    first = (blocks or [params[cls_blocks[0]]])[0]
+    widths = [np.shape(embed[f"dense_{i}"]["kernel"])[1] for i in range(sum(k.startswith("dense_") for k in embed))]
+    pair_widths = [np.shape(pair[f"dense_{i}"]["kernel"])[1] for i in range(sum(k.startswith("dense_") for k in pair))]
+    hidden = np.shape(first["ffn"]["fc1"]["kernel"])[1]
+    return ParT(num_classes=np.shape(params["head"]["out"]["kernel"])[1] if "head" in params else None,
+                embed_dims=tuple(widths), pair_embed_dims=tuple(pair_widths[:-1]), num_heads=len(first["head_scale"]),
+                num_layers=len(blocks), num_cls_layers=len(cls_blocks), ffn="gelu", ffn_ratio=hidden / widths[-1],
+                layer_scale_init=None, head="linear", **settings)
 
 
 def check_compatible(variables, target):
