@@ -37,6 +37,11 @@ def get_config():
         epochs=20, batch_size=256, log_every=50,
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
+    c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)
+        method="full",                            # full | adapter (frozen encoder + block mix) | last_k
+        unfreeze_blocks=2,                        # last_k: the last k particle blocks train (+ class blocks)
+        head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
+    ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)

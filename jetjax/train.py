@@ -155,18 +155,17 @@ MODES = CLASSIFIER_MODES + ("pretrain", "evaluate")
 def build_model(config):
     """The objective module of a run: the classifier for supervised / finetune / probe, the config's
     pretraining objective for pretrain."""
-    from jetjax import objectives
+    from jetjax import finetune, objectives
     from jetjax.data.classes import get_scheme
     from jetjax.models.part import ParT
 
     mode = config.mode
     if mode not in MODES:
         raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
-    classify = mode in CLASSIFIER_MODES or mode == "evaluate"
     model_settings = {**config.model, "dtype": jnp.dtype(config.model.dtype)}
-    encoder = ParT(num_classes=get_scheme(config.data.scheme).num_classes if classify else None, **model_settings)
-    if classify:
-        return objectives.Supervised(encoder, freeze_encoder=mode == "probe")
+    if mode in CLASSIFIER_MODES or mode == "evaluate":
+        return finetune.classifier(config, ParT, model_settings, get_scheme(config.data.scheme).num_classes)
+    encoder = ParT(num_classes=None, **model_settings)
     settings = {k: v for k, v in config.objective.items() if k != "name"}
     if config.objective.name == "supervised":
         raise ValueError("config.objective.name='supervised' is not a pretraining objective; "
@@ -367,6 +366,7 @@ class StepMetrics:
 def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
+    from jetjax import finetune
     from jetjax.data.classes import get_scheme
     from jetjax.data.readers import DataReport
 
@@ -385,7 +385,7 @@ def fit(config, workdir):
                                         length_window=config.data.length_grouping)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
-                              trainable=optim.is_head if config.mode == "probe" else None)
+                              **finetune.optimizer_settings(config, config.model.num_layers))
     state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
     if config.mode in ("finetune", "probe"):
         if not config.train.init_from:
