@@ -5,6 +5,7 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
+from jetjax.data.readers import CONFIG_COLUMNS
 from jetjax.train import LAYOUT_DEFAULTS
 
 
@@ -24,6 +25,17 @@ def get_config():
         val_size=2_000_000,                  # balanced validation jets per epoch
         skip_bad_files=False,
         length_grouping=0,                   # > 1: training batches of similar multiplicity (windows of N batches)
+        task=ml_collections.ConfigDict(dict(  # a task of your own (jetjax.data.classes.scheme_from_task), named
+            classes=(),                       #   data.scheme; empty: the built-in scheme data.scheme
+            labels=(),                        #   per class: stored label(s) in column data.columns.jet_label
+            label_branches=(),                #   or one one-hot branch per class
+            fractions=(),                     #   sampling fractions (default: equal)
+            file_groups=(),                   #   file-name prefix of each class's files (default: any file)
+            titles=(),                        #   table titles (default: the class names)
+            background=config_dict.placeholder(str),  # background class of the working-point tables
+        )),
+        columns=ml_collections.ConfigDict({n: n for n in CONFIG_COLUMNS}),  # canonical -> your files' name
+        tree="tree",                         # ROOT files: the tree to read
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,

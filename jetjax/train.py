@@ -156,7 +156,7 @@ def build_model(config):
     """The objective module of a run: the classifier for supervised / finetune / probe, the config's
     pretraining objective for pretrain."""
     from jetjax import finetune, objectives
-    from jetjax.data.classes import get_scheme
+    from jetjax.data.classes import task_scheme
     from jetjax.models.part import ParT
 
     mode = config.mode
@@ -164,7 +164,7 @@ def build_model(config):
         raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
     model_settings = {**config.model, "dtype": jnp.dtype(config.model.dtype)}
     if mode in CLASSIFIER_MODES or mode == "evaluate":
-        return finetune.classifier(config, ParT, model_settings, get_scheme(config.data.scheme).num_classes)
+        return finetune.classifier(config, ParT, model_settings, task_scheme(config.data).num_classes)
     encoder = ParT(num_classes=None, **model_settings)
     settings = {k: v for k, v in config.objective.items() if k != "name"}
     if config.objective.name == "supervised":
@@ -178,6 +178,7 @@ def data_settings(config, workdir):
     """Keyword arguments of the jetjax.data.pipeline entry points; makes the synthetic data set in
     `workdir/data` when the config asks for one (`data.synthetic_jets_per_group`) and it is not there."""
     from jetjax.data import synthetic
+    from jetjax.data.classes import task_scheme
 
     root = config.data.root
     if config.data.synthetic_jets_per_group:
@@ -187,9 +188,9 @@ def data_settings(config, workdir):
     if root is None:
         raise ValueError("config.data.root is not set: point it at the JetClass-II folder "
                          "(or set data.synthetic_jets_per_group to generate synthetic jets)")
-    return dict(root=str(root), scheme=config.data.scheme, feature_set=config.data.feature_set,
+    return dict(root=str(root), scheme=task_scheme(config.data), feature_set=config.data.feature_set,
                 num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files,
-                file_format=config.data.format)
+                file_format=config.data.format, column_map=pipeline.column_map(config.data))
 
 
 def example_batch(config, batch_size):
@@ -367,7 +368,7 @@ def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
     from jetjax import finetune
-    from jetjax.data.classes import get_scheme
+    from jetjax.data.classes import task_scheme
     from jetjax.data.readers import DataReport
 
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
@@ -402,7 +403,7 @@ def fit(config, workdir):
     train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
     layout = layout_settings(config)
     feeder = Feeder(model, mesh, config.data.num_particles, layout)
-    class_names = get_scheme(config.data.scheme).names
+    class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     try:
         with StopRequest() as stop:
@@ -459,7 +460,7 @@ def evaluate(config, workdir):
     import ml_collections
 
     from jetjax import metrics, report
-    from jetjax.data.classes import get_scheme
+    from jetjax.data.classes import task_scheme
 
     run = Path(config.evaluate.run or workdir)
     restored = best_checkpoint(run, "evaluate.run")
@@ -472,14 +473,13 @@ def evaluate(config, workdir):
     variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
     state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
                                           key=jax.random.key(run_config.seed)), mesh)
-    scheme = get_scheme(run_config.data.scheme)
+    scheme = task_scheme(run_config.data)
     data = data_settings(run_config, run)
     layout = layout_settings(run_config)
     result = run_eval(state, make_eval_step(model), Feeder(model, mesh, run_config.data.num_particles, layout),
                       pipeline.test_batches(**data, batch_size=batch_size), batch_size, layout.eval_window,
                       keep_embeddings=config.evaluate.embeddings)
-    background = next((n for n in scheme.names if n.lower() == "qcd"), None)
-    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=background)
+    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=scheme.background)
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),

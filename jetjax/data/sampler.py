@@ -22,7 +22,8 @@ from collections import deque
 import numpy as np
 
 from jetjax.data import features as feats
-from jetjax.data.readers import DataError, DataReport, MissingColumnError, concatenate_chunks, read_chunks
+from jetjax.data.classes import ALL_FILES
+from jetjax.data.readers import DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks, read_chunks
 
 
 def task_jets(chunk, scheme, report, room=None, rng=None):
@@ -47,11 +48,11 @@ def _at_most(rows, n, rng):
     return rows if len(rows) <= n else rng.choice(rows, n, replace=False)
 
 
-def iter_file_chunks(path, columns, label_branches, chunk_size, skip_bad_files, report):
+def iter_file_chunks(path, columns, label_branches, chunk_size, skip_bad_files, report, column_map=DEFAULT_COLUMNS):
     """Chunks of one file; a read error raises (naming the file) or, with `skip_bad_files`, ends the file
     and is reported."""
     try:
-        yield from read_chunks(path, columns, label_branches, chunk_size)
+        yield from read_chunks(path, columns, label_branches, chunk_size, column_map)
     except MissingColumnError:
         raise
     except DataError as error:
@@ -125,14 +126,18 @@ class StratifiedSampler:
 
     Args:
       groups: {file group: [files]} (readers.discover_files).
-      scheme: classes.LabelScheme. Every class's file group must have files (else a DataError names it).
+      scheme: classes.LabelScheme. Every class's file group must have files (else a DataError names it); a
+        class of group ALL_FILES is drawn from every file.
       feature_set, num_particles: features.FEATURE_SETS key and P.
       buffer_size: jets per class shuffle buffer; pool_size: open files per group; chunk_size: rows read
         per chunk.
     """
 
     def __init__(self, groups, scheme, feature_set, num_particles, batch_size, epoch_size, seed,
-                 buffer_size=2048, pool_size=8, chunk_size=1024, skip_bad_files=False, report=None):
+                 buffer_size=2048, pool_size=8, chunk_size=1024, skip_bad_files=False, report=None,
+                 column_map=DEFAULT_COLUMNS):
+        if any(c.file_group == ALL_FILES for c in scheme.classes):
+            groups = {**groups, ALL_FILES: sorted((f for fs in groups.values() for f in fs), key=str)}
         missing = [f"{c.name} (files {c.file_group}_*)" for c in scheme.classes if not groups.get(c.file_group)]
         if missing:
             raise DataError(f"no files for class(es) {', '.join(missing)} among the groups {sorted(groups)}; "
@@ -142,7 +147,7 @@ class StratifiedSampler:
         self.groups, self.scheme, self.feature_set = groups, scheme, feature_set
         self.num_particles, self.batch_size, self.epoch_size, self.seed = num_particles, batch_size, epoch_size, seed
         self.buffer_size, self.pool_size, self.chunk_size = max(buffer_size, batch_size), pool_size, chunk_size
-        self.skip_bad_files = skip_bad_files
+        self.skip_bad_files, self.column_map = skip_bad_files, column_map
         self.report = DataReport() if report is None else report
         self.columns = feats.required_particle_columns(feature_set)
 
@@ -157,7 +162,7 @@ class StratifiedSampler:
 
     def _read(self, path):
         return iter_file_chunks(path, self.columns, self.scheme.label_branches, self.chunk_size,
-                                self.skip_bad_files, self.report)
+                                self.skip_bad_files, self.report, self.column_map)
 
     def _fill(self, buffers, stream, needed_class, target):
         """Read chunks of `stream` until the buffer of `needed_class` holds `target` jets."""
@@ -199,7 +204,7 @@ class StratifiedSampler:
 
 
 def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chunk_size=4096,
-                    skip_bad_files=False, report=None):
+                    skip_bad_files=False, report=None, column_map=DEFAULT_COLUMNS):
     """Every jet of the task's classes in `groups`' files once, in file-name order, as batches of
     `batch_size` (the last one smaller); original class frequencies, no shuffling."""
     report = DataReport() if report is None else report
@@ -207,7 +212,8 @@ def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chun
     files = sorted((f for fs in groups.values() for f in fs), key=str)
     rest = None
     for path in files:
-        for raw in iter_file_chunks(path, columns, scheme.label_branches, chunk_size, skip_bad_files, report):
+        for raw in iter_file_chunks(path, columns, scheme.label_branches, chunk_size, skip_bad_files, report,
+                                    column_map):
             chunk = task_jets(raw, scheme, report)[0]
             merged = chunk if rest is None else concatenate_chunks([rest, chunk])
             start = 0
