@@ -452,27 +452,34 @@ def fit(config, workdir):
     return record
 
 
+def trained_classifier(run, mesh, key):
+    """(the run's config in mode 'evaluate', its model, its best state replicated on `mesh`) of the classifier
+    workdir `run`; errors name the config `key`."""
+    import ml_collections
+
+    restored = best_checkpoint(run, key)
+    run_config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
+    run_config.mode = "evaluate"
+    model = build_model(run_config)
+    variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
+    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
+                                          key=jax.random.key(run_config.seed)), mesh)
+    return run_config, model, state
+
+
 def evaluate(config, workdir):
     """The best checkpoint of the classifier run in `config.evaluate.run` (default `workdir`) on the natural
     test stream: writes predictions.npz (scores, labels, embeddings of the first jets), metrics.json and
     the study's tables (tables.md, the Markdown summary, and each table as .md/.csv/.json) into that run's
     `evaluation/` folder, and returns the metrics."""
-    import ml_collections
-
     from jetjax import metrics, report
     from jetjax.data.classes import task_scheme
 
     run = Path(config.evaluate.run or workdir)
-    restored = best_checkpoint(run, "evaluate.run")
-    run_config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-    run_config.mode = "evaluate"
-    run_config.data.root = config.data.root or run_config.data.root
     mesh = parallel.data_mesh()
+    run_config, model, state = trained_classifier(run, mesh, "evaluate.run")
+    run_config.data.root = config.data.root or run_config.data.root
     batch_size = run_config.train.batch_size
-    model = build_model(run_config)
-    variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
-    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
-                                          key=jax.random.key(run_config.seed)), mesh)
     scheme = task_scheme(run_config.data)
     data = data_settings(run_config, run)
     layout = layout_settings(run_config)

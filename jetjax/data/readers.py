@@ -198,7 +198,10 @@ def _missing_column_error(path, missing, stored, available, column_map):
                               f"(jet columns: all four '' to use the constituent sum); {advice}")
 
 
-def _raw_labels(columns, label_branches):
+def _raw_labels(columns, label_branches, num_jets):
+    """Raw label per jet; -1 for every jet when the files have no label (a ColumnMap maps it to '': predict)."""
+    if not label_branches and LABEL_COLUMN not in columns:
+        return np.full(num_jets, -1, np.int64)
     if not label_branches:
         return np.asarray(columns[LABEL_COLUMN], np.int64)
     onehot = np.stack([np.asarray(columns[b]) for b in label_branches], axis=-1)
@@ -216,8 +219,8 @@ def _make_chunk(path, flat, counts, columns, label_branches, particle_columns):
     size = len(flat[names[0]])
     flat.update({n: np.zeros(size, np.int32 if n == "part_charge" else bool) for n in particle_columns if n not in flat})
     jets = {k: np.asarray(columns[k]) for k in JET_COLUMNS if k in columns}
-    return JetChunk(str(path), np.asarray(counts[names[0]], np.int64), flat, jets,
-                    _raw_labels(columns, label_branches))
+    jet_counts = np.asarray(counts[names[0]], np.int64)
+    return JetChunk(str(path), jet_counts, flat, jets, _raw_labels(columns, label_branches, len(jet_counts)))
 
 
 def read_parquet_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
