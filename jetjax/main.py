@@ -3,7 +3,8 @@
 `config.mode` chooses what runs: supervised, pretrain, finetune, probe (train a run in the workdir, resuming
 it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
 checkpoint on the natural test stream), predict (a trained classifier's scores for new files: jetjax.predict) or
-study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study). Misspelt keys and wrongly typed overrides fail before any work.
+study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study).
+Misspelt keys and wrongly typed overrides fail before any work.
 
 A study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR names another
 folder): its fine-tuning runs share one program, and a continued study compiles nothing twice.

@@ -194,8 +194,9 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
 
     update = optimizer(learning_rate)
     if head_learning_rate is not None:
-        update = optax.partition({"encoder": update, "head": optimizer(head_learning_rate)},
-                                 lambda params: labels_by(params, lambda names: "head" if is_head(names) else "encoder"))
+        update = optax.partition(
+            {"encoder": update, "head": optimizer(head_learning_rate)},
+            lambda params: labels_by(params, lambda names: "head" if is_head(names) else "encoder"))
     if clip_norm is not None:
         update = optax.chain(optax.clip_by_global_norm(clip_norm), update)
     if trainable is None:

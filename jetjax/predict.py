@@ -36,7 +36,8 @@ def input_files(patterns, file_format):
     names = [p.strip() for p in patterns.split(",") if p.strip()]
     if not names:
         raise ValueError("config.predict.files is empty: give the input files (paths or globs, comma-separated)")
-    return sorted((p for paths in discover_files(files=names, file_format=file_format).values() for p in paths), key=str)
+    groups = discover_files(files=names, file_format=file_format)
+    return sorted((p for paths in groups.values() for p in paths), key=str)
 
 
 def carried_chunks(path, names, chunk_size, tree):

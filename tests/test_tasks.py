@@ -37,7 +37,8 @@ def config_for(root, **task):
 def jetclass2_7_as_config():
     s = classes.JETCLASS2_7
     return dict(classes=s.names, titles=s.titles, labels=tuple(c.raw_labels for c in s.classes),
-                fractions=tuple(c.target_fraction for c in s.classes), file_groups=tuple(c.file_group for c in s.classes),
+                fractions=tuple(c.target_fraction for c in s.classes),
+                file_groups=tuple(c.file_group for c in s.classes),
                 background="qcd")
 
 

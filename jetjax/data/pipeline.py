@@ -88,7 +88,8 @@ def column_map(data):
     columns = dict(data.get("columns", {}))
     unknown = sorted(set(columns) - set(CONFIG_COLUMNS))
     if unknown:
-        raise KeyError(f"config.data.columns has unknown column(s) {unknown}; the mappable columns are {CONFIG_COLUMNS}")
+        raise KeyError(f"config.data.columns has unknown column(s) {unknown}; the mappable columns are "
+                       f"{CONFIG_COLUMNS}")
     absent = {n for n, stored in columns.items() if not stored}
     optional = set(KIN_TARGET_ONLY_COLUMNS) if data.feature_set == "kin" else set()
     needed = (absent & set(required_particle_columns(data.feature_set))) - optional
@@ -96,9 +97,10 @@ def column_map(data):
         raise ValueError(f"config.data.columns maps {sorted(needed | (absent & {LABEL_COLUMN}))} to '' (not in the "
                          f"files), but feature set {data.feature_set!r} and the label need them")
     if absent & set(JET_COLUMNS) not in (set(), set(JET_COLUMNS)):
-        raise ValueError(f"config.data.columns maps {sorted(absent & set(JET_COLUMNS))} to '': map all four jet columns "
-                         f"{JET_COLUMNS} to '' (the jet is then the sum of its constituents) or none")
-    return ColumnMap(tuple(sorted((n, stored) for n, stored in columns.items() if stored != n)), data.get("tree", ROOT_TREE))
+        raise ValueError(f"config.data.columns maps {sorted(absent & set(JET_COLUMNS))} to '': map all four jet "
+                         f"columns {JET_COLUMNS} to '' (the jet is then the sum of its constituents) or none")
+    renamed = tuple(sorted((n, stored) for n, stored in columns.items() if stored != n))
+    return ColumnMap(renamed, data.get("tree", ROOT_TREE))
 
 
 MODEL_INPUTS = ("features", "vectors", "mask", "jet", "label", "pid")

@@ -217,7 +217,8 @@ def _make_chunk(path, flat, counts, columns, label_branches, particle_columns):
             raise DataError(f"{path}: column {name!r} has a different number of particles per jet than "
                             f"{names[0]!r}; the file is inconsistent")
     size = len(flat[names[0]])
-    flat.update({n: np.zeros(size, np.int32 if n == "part_charge" else bool) for n in particle_columns if n not in flat})
+    flat.update({n: np.zeros(size, np.int32 if n == "part_charge" else bool)
+                 for n in particle_columns if n not in flat})
     jets = {k: np.asarray(columns[k]) for k in JET_COLUMNS if k in columns}
     jet_counts = np.asarray(counts[names[0]], np.int64)
     return JetChunk(str(path), jet_counts, flat, jets, _raw_labels(columns, label_branches, len(jet_counts)))

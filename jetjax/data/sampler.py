@@ -23,7 +23,8 @@ import numpy as np
 
 from jetjax.data import features as feats
 from jetjax.data.classes import ALL_FILES
-from jetjax.data.readers import DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks, read_chunks
+from jetjax.data.readers import (DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks,
+                                 read_chunks)
 
 
 def task_jets(chunk, scheme, report, room=None, rng=None):
