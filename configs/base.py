@@ -5,6 +5,7 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
+from jetjax.data.readers import CONFIG_COLUMNS
 from jetjax.train import LAYOUT_DEFAULTS
 
 
@@ -25,6 +26,17 @@ def get_config():
         skip_bad_files=False,
         length_grouping=0,                   # > 1: training batches of similar multiplicity (windows of N batches)
         workers=0,                           # >= 1: training files decoded and features built in N processes
+        task=ml_collections.ConfigDict(dict(  # a task of your own (jetjax.data.classes.scheme_from_task), named
+            classes=(),                       #   data.scheme; empty: the built-in scheme data.scheme
+            labels=(),                        #   per class: stored label(s) in column data.columns.jet_label
+            label_branches=(),                #   or one one-hot branch per class
+            fractions=(),                     #   sampling fractions (default: equal)
+            file_groups=(),                   #   file-name prefix of each class's files (default: any file)
+            titles=(),                        #   table titles (default: the class names)
+            background=config_dict.placeholder(str),  # background class of the working-point tables
+        )),
+        columns=ml_collections.ConfigDict({n: n for n in CONFIG_COLUMNS}),  # canonical -> your files' name
+        tree="tree",                         # ROOT files: the tree to read
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
@@ -37,6 +49,11 @@ def get_config():
     c.train = ml_collections.ConfigDict(dict(
         epochs=20, batch_size=256, log_every=50,
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
+    ))
+    c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)
+        method="full",                            # full | adapter (frozen encoder + block mix) | last_k
+        unfreeze_blocks=2,                        # last_k: the last k particle blocks train (+ class blocks)
+        head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
     ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
     c.evaluate = ml_collections.ConfigDict(dict(

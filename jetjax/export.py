@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from jetjax import train
-from jetjax.data.classes import get_scheme
+from jetjax.data.classes import task_scheme
 from jetjax.data.features import FEATURE_SETS, JET_PT_GEV, STANDARDISATION
 from jetjax.models.convert import WEAVER_VERSIONS, save_state_dict, to_state_dict
 
@@ -107,7 +107,7 @@ def signature(config, outputs, encoder):
     """JSON-ready description of the exported function's inputs and outputs."""
     slots, names = config.data.num_particles, FEATURE_SETS[config.data.feature_set]
     output_specs = {"scores": {"name": "scores", "shape": ["batch", encoder.num_classes], "dtype": "float32",
-                               "classes": list(get_scheme(config.data.scheme).names)},
+                               "classes": list(task_scheme(config.data).names)},
                     "z": {"name": "z", "shape": ["batch", encoder.embed_dims[-1]], "dtype": "float32"}}
     return {
         "feature_set": config.data.feature_set,

@@ -2,8 +2,9 @@
 
 `config.mode` chooses what runs: supervised, pretrain, finetune, probe (train a run in the workdir, resuming
 it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
-checkpoint on the natural test stream) or study (every objective pretrained, fine-tuned and evaluated, then
-the study's tables and figures: jetjax.study). Misspelt keys and wrongly typed overrides fail before any work.
+checkpoint on the natural test stream), predict (a trained classifier's scores for new files: jetjax.predict) or
+study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study).
+Misspelt keys and wrongly typed overrides fail before any work.
 
 A study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR names another
 folder): its fine-tuning runs share one program, and a continued study compiles nothing twice.
@@ -14,7 +15,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import parallel, study, train
+from jetjax import parallel, predict, study, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (default: runs/<config file name>).")
@@ -33,6 +34,8 @@ def main(argv):
         study.run(config, workdir)
     elif config.mode == "evaluate":
         train.evaluate(config, workdir)
+    elif config.mode == "predict":
+        predict.run(config)
     else:
         train.fit(config, workdir)
 

@@ -13,7 +13,7 @@ makes its views (augmentations or masking, from `key`), runs the encoder and hea
   clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL
 """
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -28,10 +28,11 @@ IDENTITY_CHANNELS = frozenset(FEATURE_SETS["kinpid"]) - frozenset(KINEMATIC_NAME
 """Charge and particle-type flags: MPM predicts them as the 8-class particle ID, not by regression."""
 
 
-def encode(encoder, batch, train, plan, mask=None):
-    """The encoder on the batch (optionally with another `mask`), laid out by `plan` (models/layout.py)."""
+def encode(encoder, batch, train, plan, mask=None, **options):
+    """The encoder on the batch (optionally with another `mask`), laid out by `plan` (models/layout.py);
+    `options`: the encoder's other call options (ParT's block_outputs, unfrozen_blocks)."""
     return encoder(batch["features"], batch["vectors"], batch["mask"] if mask is None else mask, train=train,
-                   plan=plan)
+                   plan=plan, **options)
 
 
 def with_layout_check(metrics, out):
@@ -50,15 +51,18 @@ class EncoderLengths:
 
 class Supervised(nn.Module, EncoderLengths):
     """Classifier on the encoder; `freeze_encoder` (linear probe) runs the encoder in eval mode (running
-    BatchNorm statistics, no dropout) so that training leaves it untouched."""
+    BatchNorm statistics, no dropout) so that training leaves it untouched; `unfrozen_blocks` k freezes all
+    but the last k particle blocks likewise (partial fine-tuning, jetjax.finetune)."""
 
     encoder: nn.Module
     label_smoothing: float = 0.0
     freeze_encoder: bool = False
+    unfrozen_blocks: Optional[int] = None
 
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
-        out = encode(self.encoder, batch, train and not self.freeze_encoder, plan)
+        options = {} if self.unfrozen_blocks is None else {"unfrozen_blocks": self.unfrozen_blocks}
+        out = encode(self.encoder, batch, train and not self.freeze_encoder, plan, **options)
         loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
         return loss, with_layout_check(metrics, out), {"z": out["z"], "logits": out["logits"]}
 

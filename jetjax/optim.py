@@ -48,6 +48,23 @@ def is_head(names):
     return encoder_part(names) is None
 
 
+def trains_from_block(first_block):
+    """`trainable` predicate of partial fine-tuning: the heads, the particle blocks from `first_block` on, the
+    class blocks, the class token and the final norm train; the embeddings and earlier blocks are frozen."""
+    def trainable(names):
+        part = encoder_part(names)
+        if part is None or part[0] in ("cls_token", "norm") or part[0].startswith("cls_blocks_"):
+            return True
+        return part[0].startswith("blocks_") and int(part[0].removeprefix("blocks_")) >= first_block
+    return trainable
+
+
+def freeze():
+    """Updates of -0.0 for frozen parameters: p + (-0.0) is p bit for bit for every p, -0.0 included
+    (optax.set_to_zero's +0.0 turns a -0.0 parameter into +0.0)."""
+    return optax.stateless(lambda updates, params=None: jax.tree.map(lambda u: jnp.full_like(u, -0.0), updates))
+
+
 def is_muon_matrix(names, muon_embedding=False):
     """True for the hidden 2-D matrices that Muon updates (PART_SPEC §8.4): the query/key/value/output
     projections and feed-forward kernels (fc1, fc1_gate, fc2) of the particle and class-attention blocks and,
@@ -138,7 +155,8 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
                    schedule="cosine", warmup_steps=0, end_factor=0.01, b1=0.9, b2=0.999, eps=1e-8,
                    muon_learning_rate=0.02, muon_momentum=0.95, muon_nesterov=True, muon_ns_steps=5,
                    muon_weight_decay=0.0, muon_embedding=False,
-                   trainable: Optional[Callable[[tuple], bool]] = None) -> optax.GradientTransformation:
+                   trainable: Optional[Callable[[tuple], bool]] = None,
+                   head_learning_rate: Optional[float] = None) -> optax.GradientTransformation:
     """The training optimizer: global-norm clipping of the trainable gradients (clip_norm=None: off), then
     AdamW or Muon, learning rates following `make_schedule(schedule, ..., total_steps, warmup_steps, end_factor)`.
 
@@ -151,8 +169,11 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
            above (learning_rate, b1, b2, eps, weight_decay on kernels), except that optax shares
            `muon_nesterov` with it (NAdamW when on). `muon_embedding` adds the embedding's hidden matrices.
     `trainable(names)`, given a parameter path's dictionary keys, marks what trains; the other parameters
-    get zero updates, hold no optimizer state and are left out of the clipping norm: `trainable=is_head`
-    is the linear probe on a frozen encoder.
+    are left bit-identical (`freeze`), hold no optimizer state and are left out of the clipping norm:
+    `trainable=is_head` is the linear probe on a frozen encoder.
+    `head_learning_rate` (None: `learning_rate`): the peak learning rate of the head parameters (`is_head`),
+    with the same schedule and optimizer (weaver's fine-tuning recipe gives a new head a larger rate); the
+    clipping norm stays the global norm of every trainable gradient.
     """
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
@@ -162,19 +183,28 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
     def scheduled(peak_lr):
         return make_schedule(schedule, peak_lr, total_steps, warmup_steps, end_factor)
 
-    if name == "adamw":
-        update = optax.adamw(scheduled(learning_rate), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
-                             mask=weight_decay_mask)
-    else:
-        update = muon_with_adamw(
-            scheduled(muon_learning_rate), scheduled(learning_rate), weight_decay=weight_decay, b1=b1, b2=b2,
+    def optimizer(peak_lr):
+        if name == "adamw":
+            return optax.adamw(scheduled(peak_lr), b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                               mask=weight_decay_mask)
+        return muon_with_adamw(
+            scheduled(muon_learning_rate), scheduled(peak_lr), weight_decay=weight_decay, b1=b1, b2=b2,
             eps=eps, momentum=muon_momentum, nesterov=muon_nesterov, ns_steps=muon_ns_steps,
             muon_weight_decay=muon_weight_decay, muon_embedding=muon_embedding)
+
+    update = optimizer(learning_rate)
+    if head_learning_rate is not None:
+        update = optax.partition(
+            {"encoder": update, "head": optimizer(head_learning_rate)},
+            lambda params: labels_by(params, lambda names: "head" if is_head(names) else "encoder"))
     if clip_norm is not None:
         update = optax.chain(optax.clip_by_global_norm(clip_norm), update)
     if trainable is None:
         return update
-    return optax.partition(
-        {"train": update, "freeze": optax.set_to_zero()},
-        lambda params: jax.tree_util.tree_map_with_path(
-            lambda path, _: "train" if trainable(path_names(path)) else "freeze", params))
+    return optax.partition({"train": update, "freeze": freeze()},
+                           lambda params: labels_by(params, lambda names: "train" if trainable(names) else "freeze"))
+
+
+def labels_by(params, label):
+    """`label(names)` for every leaf of `params` (an optax.partition labelling)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: label(path_names(path)), params)

@@ -23,7 +23,7 @@ import numpy as np
 from jetjax import metrics, report, train
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
-from jetjax.data.classes import get_scheme
+from jetjax.data.classes import task_scheme
 
 METHODS = {"ours": "Ours (Supervised)", "ours_muon": "Ours (Muon)", "supcon": "Ours (SupCon)", "part": "ParT",
            "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM"}
@@ -141,7 +141,7 @@ def write_report(config, workdir, results):
     """Tables 1-4, ROC curves and the t-SNE figure into `workdir/report`; prints Table 1."""
     from threadpoolctl import threadpool_limits
 
-    scheme = get_scheme(config.data.scheme)
+    scheme = task_scheme(config.data)
     titles = dict(zip(scheme.names, scheme.titles))
     out = Path(workdir) / "report"
     table1 = report.write_tables(results, out, titles)

@@ -155,18 +155,17 @@ MODES = CLASSIFIER_MODES + ("pretrain", "evaluate")
 def build_model(config):
     """The objective module of a run: the classifier for supervised / finetune / probe, the config's
     pretraining objective for pretrain."""
-    from jetjax import objectives
-    from jetjax.data.classes import get_scheme
+    from jetjax import finetune, objectives
+    from jetjax.data.classes import task_scheme
     from jetjax.models.part import ParT
 
     mode = config.mode
     if mode not in MODES:
         raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
-    classify = mode in CLASSIFIER_MODES or mode == "evaluate"
     model_settings = {**config.model, "dtype": devices.compute_dtype(config.model.dtype, jax.default_backend())}
-    encoder = ParT(num_classes=get_scheme(config.data.scheme).num_classes if classify else None, **model_settings)
-    if classify:
-        return objectives.Supervised(encoder, freeze_encoder=mode == "probe")
+    if mode in CLASSIFIER_MODES or mode == "evaluate":
+        return finetune.classifier(config, ParT, model_settings, task_scheme(config.data).num_classes)
+    encoder = ParT(num_classes=None, **model_settings)
     settings = {k: v for k, v in config.objective.items() if k != "name"}
     if config.objective.name == "supervised":
         raise ValueError("config.objective.name='supervised' is not a pretraining objective; "
@@ -179,6 +178,7 @@ def data_settings(config, workdir):
     """Keyword arguments of the jetjax.data.pipeline entry points; makes the synthetic data set in
     `workdir/data` when the config asks for one (`data.synthetic_jets_per_group`) and it is not there."""
     from jetjax.data import synthetic
+    from jetjax.data.classes import task_scheme
 
     root = config.data.root
     if config.data.synthetic_jets_per_group:
@@ -188,9 +188,9 @@ def data_settings(config, workdir):
     if root is None:
         raise ValueError("config.data.root is not set: point it at the JetClass-II folder "
                          "(or set data.synthetic_jets_per_group to generate synthetic jets)")
-    return dict(root=str(root), scheme=config.data.scheme, feature_set=config.data.feature_set,
+    return dict(root=str(root), scheme=task_scheme(config.data), feature_set=config.data.feature_set,
                 num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files,
-                file_format=config.data.format)
+                file_format=config.data.format, column_map=pipeline.column_map(config.data))
 
 
 def example_batch(config, batch_size):
@@ -367,7 +367,8 @@ class StepMetrics:
 def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
-    from jetjax.data.classes import get_scheme
+    from jetjax import finetune
+    from jetjax.data.classes import task_scheme
     from jetjax.data.readers import DataReport
 
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
@@ -386,7 +387,7 @@ def fit(config, workdir):
                                         length_window=config.data.length_grouping, workers=config.data.workers)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
-                              trainable=optim.is_head if config.mode == "probe" else None)
+                              **finetune.optimizer_settings(config, config.model.num_layers))
     state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
     if config.mode in ("finetune", "probe"):
         if not config.train.init_from:
@@ -403,7 +404,7 @@ def fit(config, workdir):
     train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
     layout = layout_settings(config)
     feeder = Feeder(model, mesh, config.data.num_particles, layout)
-    class_names = get_scheme(config.data.scheme).names
+    class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     try:
         with StopRequest() as stop:
@@ -452,35 +453,41 @@ def fit(config, workdir):
     return record
 
 
+def trained_classifier(run, mesh, key):
+    """(the run's config in mode 'evaluate', its model, its best state replicated on `mesh`) of the classifier
+    workdir `run`; errors name the config `key`."""
+    import ml_collections
+
+    restored = best_checkpoint(run, key)
+    run_config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
+    run_config.mode = "evaluate"
+    model = build_model(run_config)
+    variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
+    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
+                                          key=jax.random.key(run_config.seed)), mesh)
+    return run_config, model, state
+
+
 def evaluate(config, workdir):
     """The best checkpoint of the classifier run in `config.evaluate.run` (default `workdir`) on the natural
     test stream: writes predictions.npz (scores, labels, embeddings of the first jets), metrics.json and
     the study's tables (tables.md, the Markdown summary, and each table as .md/.csv/.json) into that run's
     `evaluation/` folder, and returns the metrics."""
-    import ml_collections
-
     from jetjax import metrics, report
-    from jetjax.data.classes import get_scheme
+    from jetjax.data.classes import task_scheme
 
     run = Path(config.evaluate.run or workdir)
-    restored = best_checkpoint(run, "evaluate.run")
-    run_config = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-    run_config.mode = "evaluate"
-    run_config.data.root = config.data.root or run_config.data.root
     mesh = parallel.data_mesh()
+    run_config, model, state = trained_classifier(run, mesh, "evaluate.run")
+    run_config.data.root = config.data.root or run_config.data.root
     batch_size = run_config.train.batch_size
-    model = build_model(run_config)
-    variables = jax.tree.map(jnp.asarray, {k: restored[k] for k in ("params", "batch_stats")})
-    state = parallel.replicate(TrainState(**variables, opt_state=(), step=jnp.asarray(restored["step"]),
-                                          key=jax.random.key(run_config.seed)), mesh)
-    scheme = get_scheme(run_config.data.scheme)
+    scheme = task_scheme(run_config.data)
     data = data_settings(run_config, run)
     layout = layout_settings(run_config)
     result = run_eval(state, make_eval_step(model), Feeder(model, mesh, run_config.data.num_particles, layout),
                       pipeline.test_batches(**data, batch_size=batch_size), batch_size, layout.eval_window,
                       keep_embeddings=config.evaluate.embeddings)
-    background = next((n for n in scheme.names if n.lower() == "qcd"), None)
-    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=background)
+    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=scheme.background)
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),

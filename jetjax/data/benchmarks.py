@@ -35,7 +35,7 @@ import zipfile
 import numpy as np
 from numpy.lib import format as npy_format
 
-from jetjax.data.features import required_particle_columns
+from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
 from jetjax.data.readers import PARTICLE_VECTOR_COLUMNS, DataError, JetChunk, MissingColumnError
 from jetjax.data.simulate import pid_flags
 
@@ -43,8 +43,6 @@ TOP_LANDSCAPE_KEY = "table"
 TOP_LANDSCAPE_LABEL = "is_signal_new"
 TOP_LANDSCAPE_COMPONENTS = ("PX", "PY", "PZ", "E")
 """Column prefixes of PARTICLE_VECTOR_COLUMNS (px, py, pz, E) in the Top Landscape files."""
-KIN_TARGET_ONLY_COLUMNS = ("part_charge", "part_isPhoton", "part_isElectron", "part_isMuon")
-"""What the `kin` set reads beyond the four-vectors: the masked-particle `pid` target only."""
 
 PARTICLES = {22: (0.0, 0), 11: (5.11e-4, -1), 13: (0.10566, -1), 111: (0.13498, 0), 211: (0.13957, 1),
              130: (0.49761, 0), 310: (0.49761, 0), 321: (0.49368, 1), 2112: (0.93957, 0), 2212: (0.93827, 1),

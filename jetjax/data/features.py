@@ -105,11 +105,16 @@ def particle_channels(feature_set, vectors, jet_of_particle, particles):
     return np.concatenate(parts + [kinematic[:, 5:]], axis=-1)
 
 
+KIN_TARGET_ONLY_COLUMNS = ("part_charge", "part_isPhoton", "part_isElectron", "part_isMuon")
+"""What the `kin` set reads beyond the four-vectors: the masked-particle `pid` target only (which a model with
+`kin` inputs never predicts), so files without them may give them as zero (readers.ColumnMap, benchmarks.py)."""
+
+
 def required_particle_columns(feature_set):
     """Particle columns a feature set reads (the 4-vectors always; PID flags also build the `pid` target)."""
     if feature_set not in FEATURE_SETS:
         raise KeyError(f"unknown feature set {feature_set!r}; choose one of {sorted(FEATURE_SETS)}")
-    columns = PARTICLE_VECTOR_COLUMNS + ("part_charge", "part_isPhoton", "part_isElectron", "part_isMuon")
+    columns = PARTICLE_VECTOR_COLUMNS + KIN_TARGET_ONLY_COLUMNS
     if feature_set != "kin":
         columns += ("part_isChargedHadron", "part_isNeutralHadron")
     if feature_set == "full":

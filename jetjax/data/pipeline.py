@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from jetjax.data.classes import get_scheme
-from jetjax.data.readers import LABEL_COLUMN, DataError, DataReport, discover_files
+from jetjax.data.readers import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, ROOT_TREE, ColumnMap,
+                                 DataError, DataReport, discover_files)
 from jetjax.data.sampler import StratifiedSampler, natural_batches
 from jetjax.data.workers import WorkerSampler
 
@@ -31,14 +32,14 @@ from jetjax.data.workers import WorkerSampler
 def training_sampler(root=None, split="train", feature_set="kin", num_particles=128, batch_size=256,
                      epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
                      buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any",
-                     length_window=0, workers=0):
+                     length_window=0, workers=0, column_map=DEFAULT_COLUMNS):
     """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch. With
     `workers` >= 1, files are decoded and features built in that many processes (workers.WorkerSampler,
     the same batches). With `length_window` > 1, batches are regrouped by multiplicity within windows of
     that many batches (`LengthGroupedSampler`)."""
     sampler = StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
                                 num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
-                                skip_bad_files, report)
+                                skip_bad_files, report, column_map)
     if workers >= 1:
         sampler = WorkerSampler(sampler, workers)
     return LengthGroupedSampler(sampler, length_window) if length_window > 1 else sampler
@@ -76,11 +77,34 @@ def validation_batches(root=None, num_jets=100_000, feature_set="kin", num_parti
 
 def test_batches(root=None, feature_set="kin", num_particles=128, batch_size=256, scheme="jetclass2_7",
                  files=None, split="test", skip_bad_files=False, report=None, chunk_size=4096,
-                 file_format="any"):
+                 file_format="any", column_map=DEFAULT_COLUMNS):
     """The natural stream of the split: every jet of the task once, original class frequencies."""
     return natural_batches(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
                            num_particles, batch_size, chunk_size, skip_bad_files,
-                           DataReport() if report is None else report)
+                           DataReport() if report is None else report, column_map)
+
+
+def column_map(data):
+    """The readers.ColumnMap of a data config (`data.columns`, `data.tree`), checked against its feature set:
+    errors name the config key."""
+    from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
+
+    columns = dict(data.get("columns", {}))
+    unknown = sorted(set(columns) - set(CONFIG_COLUMNS))
+    if unknown:
+        raise KeyError(f"config.data.columns has unknown column(s) {unknown}; the mappable columns are "
+                       f"{CONFIG_COLUMNS}")
+    absent = {n for n, stored in columns.items() if not stored}
+    optional = set(KIN_TARGET_ONLY_COLUMNS) if data.feature_set == "kin" else set()
+    needed = (absent & set(required_particle_columns(data.feature_set))) - optional
+    if needed or LABEL_COLUMN in absent:
+        raise ValueError(f"config.data.columns maps {sorted(needed | (absent & {LABEL_COLUMN}))} to '' (not in the "
+                         f"files), but feature set {data.feature_set!r} and the label need them")
+    if absent & set(JET_COLUMNS) not in (set(), set(JET_COLUMNS)):
+        raise ValueError(f"config.data.columns maps {sorted(absent & set(JET_COLUMNS))} to '': map all four jet "
+                         f"columns {JET_COLUMNS} to '' (the jet is then the sum of its constituents) or none")
+    renamed = tuple(sorted((n, stored) for n, stored in columns.items() if stored != n))
+    return ColumnMap(renamed, data.get("tree", ROOT_TREE))
 
 
 MODEL_INPUTS = ("features", "vectors", "mask", "jet", "label", "pid")

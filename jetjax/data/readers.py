@@ -28,6 +28,11 @@ import numpy as np
 PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
 JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
 LABEL_COLUMN = "jet_label"
+_PARTICLE_COLUMNS = PARTICLE_VECTOR_COLUMNS + ("part_charge", "part_isChargedHadron", "part_isNeutralHadron",
+                                               "part_isPhoton", "part_isElectron", "part_isMuon", "part_d0val",
+                                               "part_d0err", "part_dzval", "part_dzerr")
+CONFIG_COLUMNS = _PARTICLE_COLUMNS + JET_COLUMNS + (LABEL_COLUMN,)
+"""Every column a data config can map (config.data.columns): canonical name -> the files' name."""
 HDF5_SUFFIXES = (".h5", ".hdf5")
 FORMATS = (".parquet", ".root") + HDF5_SUFFIXES + (".npz",)
 FILE_FORMATS = {"parquet": (".parquet",), "root": (".root",), "h5": HDF5_SUFFIXES, "npz": (".npz",), "any": FORMATS}
@@ -43,6 +48,24 @@ JETCLASS2_SPLIT_RANGES = {
 }
 """JetClass-II file-index ranges (inclusive) of each split, per file group."""
 _NUMBERED = re.compile(r"^(?P<group>.+?)_(?P<index>\d+)$")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Where the columns the pipeline reads (the names above and in features.py, "canonical") are stored in a
+    user's parquet / ROOT files (config `data.columns`, `data.tree`): canonical name -> stored name. '' means
+    the files lack it: the four jet columns together (the jet is then the sum of its constituents), or, for
+    the `kin` feature set, the particle-ID columns it reads only for the masked-particle `pid` target (read as
+    zero, as in the Top Landscape files). Chunks always carry the canonical names."""
+    renamed: tuple = ()
+    """(canonical, stored) pairs; other columns are stored under their canonical name."""
+    tree: str = ROOT_TREE
+
+    def stored(self, name):
+        return dict(self.renamed).get(name, name)
+
+
+DEFAULT_COLUMNS = ColumnMap()
 
 
 class DataError(ValueError):
@@ -137,86 +160,116 @@ def concatenate_chunks(chunks, source="mixed"):
                     np.concatenate([c.raw_label for c in chunks]))
 
 
-def needed_columns(particle_columns, label_branches=()):
-    """Columns to read: the particle columns, the jet four-vector columns, and the label column(s)."""
-    return tuple(particle_columns) + JET_COLUMNS + (tuple(label_branches) or (LABEL_COLUMN,))
+def needed_columns(particle_columns, label_branches=(), column_map=DEFAULT_COLUMNS):
+    """Columns to read (canonical names): the particle columns, the jet four-vector columns, and the label
+    column(s); those `column_map` says the files lack are left out."""
+    names = tuple(particle_columns) + JET_COLUMNS + (tuple(label_branches) or (LABEL_COLUMN,))
+    return tuple(n for n in names if column_map.stored(n))
 
 
-def _missing_column_error(path, missing, available):
-    return MissingColumnError(f"{path}: missing column(s) {', '.join(map(repr, missing))} needed by the data config "
-                     f"(the file has {len(available)} columns). Use files with these columns or a feature set "
-                     f"that does not need them.")
+def _stored_columns(path, particle_columns, label_branches, column_map, available):
+    """{canonical: stored name} of the columns to read; a MissingColumnError names what the file lacks."""
+    stored = {n: column_map.stored(n) for n in needed_columns(particle_columns, label_branches, column_map)}
+    missing = [n for n, s in stored.items() if s not in available]
+    if missing:
+        raise _missing_column_error(path, missing, stored, available, column_map)
+    return stored
 
 
-def _raw_labels(columns, label_branches):
+def _missing_column_error(path, missing, stored, available, column_map):
+    """The error for columns a file lacks: each stored name with its config key, and the feature sets that
+    would work with this file."""
+    from jetjax.data.features import FEATURE_SETS, KIN_TARGET_ONLY_COLUMNS, required_particle_columns
+
+    named = ", ".join(f"{stored[n]!r} (config.data.columns.{n})" if n in CONFIG_COLUMNS else repr(stored[n])
+                      for n in missing)
+    workable = []
+    for feature_set in FEATURE_SETS:
+        lacking = [c for c in required_particle_columns(feature_set) if column_map.stored(c) not in available]
+        if feature_set == "kin" and set(lacking) <= set(KIN_TARGET_ONLY_COLUMNS) and lacking:
+            empty = ", ".join(f"config.data.columns.{c}=''" for c in lacking)
+            workable.append(f"'kin' with {empty} (kin reads them only for the masked-particle pid target)")
+        elif not lacking:
+            workable.append(repr(feature_set))
+    advice = (f"its particle columns work with config.data.feature_set = {' or '.join(workable)}" if workable else
+              "its particle columns suit no feature set")
+    return MissingColumnError(f"{path}: missing column(s) {named} needed by the data config (the file has "
+                              f"{len(available)} columns). Map each to the file's name for it in config.data.columns "
+                              f"(jet columns: all four '' to use the constituent sum); {advice}")
+
+
+def _raw_labels(columns, label_branches, num_jets):
+    """Raw label per jet; -1 for every jet when the files have no label (a ColumnMap maps it to '': predict)."""
+    if not label_branches and LABEL_COLUMN not in columns:
+        return np.full(num_jets, -1, np.int64)
     if not label_branches:
         return np.asarray(columns[LABEL_COLUMN], np.int64)
     onehot = np.stack([np.asarray(columns[b]) for b in label_branches], axis=-1)
     return np.where(onehot.max(axis=-1) > 0, np.argmax(onehot, axis=-1), -1)
 
 
-def _make_chunk(path, flat, counts, columns, label_branches):
-    """JetChunk from flat particle arrays (with their per-column counts) and per-jet columns."""
+def _make_chunk(path, flat, counts, columns, label_branches, particle_columns):
+    """JetChunk from flat particle arrays (with their per-column counts) and per-jet columns; requested
+    particle columns the files lack (ColumnMap: kin's particle-ID columns) are zero."""
     names = list(flat)
     for name in names[1:]:
         if not np.array_equal(counts[name], counts[names[0]]):
             raise DataError(f"{path}: column {name!r} has a different number of particles per jet than "
                             f"{names[0]!r}; the file is inconsistent")
+    size = len(flat[names[0]])
+    flat.update({n: np.zeros(size, np.int32 if n == "part_charge" else bool)
+                 for n in particle_columns if n not in flat})
     jets = {k: np.asarray(columns[k]) for k in JET_COLUMNS if k in columns}
-    return JetChunk(str(path), np.asarray(counts[names[0]], np.int64), flat, jets,
-                    _raw_labels(columns, label_branches))
+    jet_counts = np.asarray(counts[names[0]], np.int64)
+    return JetChunk(str(path), jet_counts, flat, jets, _raw_labels(columns, label_branches, len(jet_counts)))
 
 
-def read_parquet_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
-    """Yield JetChunks of a parquet file, `chunk_size` rows at a time, reading only the needed columns."""
+def read_parquet_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
+    """Yield JetChunks of a parquet file, `chunk_size` rows at a time, reading only the needed columns (their
+    stored names from `column_map`)."""
     import pyarrow.parquet as pq
 
-    columns = needed_columns(particle_columns, label_branches)
     try:
         parquet = pq.ParquetFile(path)
     except Exception as error:  # pyarrow raises several types for unreadable files
         raise DataError(f"{path}: cannot read as parquet ({error})") from error
-    available = parquet.schema_arrow.names
-    missing = [c for c in columns if c not in available]
-    if missing:
-        raise _missing_column_error(path, missing, available)
-    for record_batch in parquet.iter_batches(batch_size=chunk_size, columns=list(columns)):
+    stored = _stored_columns(path, particle_columns, label_branches, column_map, parquet.schema_arrow.names)
+    for record_batch in parquet.iter_batches(batch_size=chunk_size, columns=list(dict.fromkeys(stored.values()))):
         flat, counts, scalars = {}, {}, {}
-        for name in columns:
-            array = record_batch.column(name)
+        for name, stored_name in stored.items():
+            array = record_batch.column(stored_name)
             if name in particle_columns:
                 offsets = array.offsets.to_numpy()
                 flat[name] = array.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
                 counts[name] = np.diff(offsets)
             else:
                 scalars[name] = array.to_numpy(zero_copy_only=False)
-        yield _make_chunk(path, flat, counts, scalars, label_branches)
+        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns)
 
 
-def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
-    """Yield JetChunks of the tree `tree` of a ROOT file, `chunk_size` entries at a time (uproot)."""
+def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
+    """Yield JetChunks of the tree `column_map.tree` of a ROOT file, `chunk_size` entries at a time (uproot)."""
     import awkward as ak
     import uproot
 
-    columns = needed_columns(particle_columns, label_branches)
     try:
-        tree = uproot.open(path)[ROOT_TREE]
+        tree = uproot.open(path)[column_map.tree]
     except Exception as error:  # uproot raises several types for unreadable files
-        raise DataError(f"{path}: cannot read tree {ROOT_TREE!r} as ROOT ({error})") from error
-    available = tree.keys()
-    missing = [c for c in columns if c not in available]
-    if missing:
-        raise _missing_column_error(path, missing, available)
-    for arrays in tree.iterate(list(columns), step_size=chunk_size, library="ak"):
-        flat = {n: ak.to_numpy(ak.flatten(arrays[n])) for n in particle_columns}
-        counts = {n: ak.to_numpy(ak.num(arrays[n])) for n in particle_columns}
-        scalars = {n: ak.to_numpy(arrays[n]) for n in columns if n not in particle_columns}
-        yield _make_chunk(path, flat, counts, scalars, label_branches)
+        raise DataError(f"{path}: cannot read tree {column_map.tree!r} as ROOT ({error}; config.data.tree names "
+                        f"the tree)") from error
+    stored = _stored_columns(path, particle_columns, label_branches, column_map, tree.keys())
+    jagged = {n: s for n, s in stored.items() if n in particle_columns}
+    for arrays in tree.iterate(list(dict.fromkeys(stored.values())), step_size=chunk_size, library="ak"):
+        flat = {n: ak.to_numpy(ak.flatten(arrays[s])) for n, s in jagged.items()}
+        counts = {n: ak.to_numpy(ak.num(arrays[s])) for n, s in jagged.items()}
+        scalars = {n: ak.to_numpy(arrays[s]) for n, s in stored.items() if n not in jagged}
+        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns)
 
 
-def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
+def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
     """JetChunks of a .parquet, .root, Top Landscape .h5 / .hdf5 or quark-gluon .npz file; read errors name
-    the file."""
+    the file. `column_map` maps the columns of parquet and ROOT files (the benchmark formats have fixed
+    layouts)."""
     from jetjax.data import benchmarks  # imports this module: imported when a file is read
 
     readers = {".parquet": read_parquet_chunks, ".root": read_root_chunks, ".npz": benchmarks.read_quark_gluon_chunks,
@@ -224,7 +277,8 @@ def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096):
     suffix = Path(path).suffix
     if suffix not in readers:
         raise DataError(f"{path}: unknown file format {suffix!r}; expected one of {FORMATS}")
-    chunks = readers[suffix](path, particle_columns, label_branches, chunk_size)
+    mapped = {"column_map": column_map} if suffix in (".parquet", ".root") else {}
+    chunks = readers[suffix](path, particle_columns, label_branches, chunk_size, **mapped)
     while True:
         try:
             chunk = next(chunks)

@@ -27,7 +27,9 @@ from collections import deque
 import numpy as np
 
 from jetjax.data import features as feats
-from jetjax.data.readers import DataError, DataReport, MissingColumnError, concatenate_chunks, read_chunks
+from jetjax.data.classes import ALL_FILES
+from jetjax.data.readers import (DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks,
+                                 read_chunks)
 
 
 def task_jets(chunk, scheme, report, room=None, rng=None):
@@ -130,14 +132,18 @@ class StratifiedSampler:
 
     Args:
       groups: {file group: [files]} (readers.discover_files).
-      scheme: classes.LabelScheme. Every class's file group must have files (else a DataError names it).
+      scheme: classes.LabelScheme. Every class's file group must have files (else a DataError names it); a
+        class of group ALL_FILES is drawn from every file.
       feature_set, num_particles: features.FEATURE_SETS key and P.
       buffer_size: jets per class shuffle buffer; pool_size: open files per group; chunk_size: rows read
         per chunk.
     """
 
     def __init__(self, groups, scheme, feature_set, num_particles, batch_size, epoch_size, seed,
-                 buffer_size=2048, pool_size=8, chunk_size=1024, skip_bad_files=False, report=None):
+                 buffer_size=2048, pool_size=8, chunk_size=1024, skip_bad_files=False, report=None,
+                 column_map=DEFAULT_COLUMNS):
+        if any(c.file_group == ALL_FILES for c in scheme.classes):
+            groups = {**groups, ALL_FILES: sorted((f for fs in groups.values() for f in fs), key=str)}
         missing = [f"{c.name} (files {c.file_group}_*)" for c in scheme.classes if not groups.get(c.file_group)]
         if missing:
             raise DataError(f"no files for class(es) {', '.join(missing)} among the groups {sorted(groups)}; "
@@ -147,7 +153,7 @@ class StratifiedSampler:
         self.groups, self.scheme, self.feature_set = groups, scheme, feature_set
         self.num_particles, self.batch_size, self.epoch_size, self.seed = num_particles, batch_size, epoch_size, seed
         self.buffer_size, self.pool_size, self.chunk_size = max(buffer_size, batch_size), pool_size, chunk_size
-        self.skip_bad_files = skip_bad_files
+        self.skip_bad_files, self.column_map = skip_bad_files, column_map
         self.report = DataReport() if report is None else report
         self.columns = feats.required_particle_columns(feature_set)
 
@@ -161,8 +167,8 @@ class StratifiedSampler:
         return rng.permutation(np.repeat(np.arange(len(counts)), counts))
 
     def _read(self, path, read):
-        return iter_file_chunks(read(path, self.columns, self.scheme.label_branches, self.chunk_size), path,
-                                self.skip_bad_files, self.report)
+        return iter_file_chunks(read(path, self.columns, self.scheme.label_branches, self.chunk_size,
+                                     self.column_map), path, self.skip_bad_files, self.report)
 
     def _fill(self, buffers, stream, needed_class, target):
         """Read chunks of `stream` until the buffer of `needed_class` holds `target` jets."""
@@ -216,7 +222,7 @@ def build_batch(parts, positions, labels, feature_set, num_particles, report):
 
 
 def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chunk_size=4096,
-                    skip_bad_files=False, report=None):
+                    skip_bad_files=False, report=None, column_map=DEFAULT_COLUMNS):
     """Every jet of the task's classes in `groups`' files once, in file-name order, as batches of
     `batch_size` (the last one smaller); original class frequencies, no shuffling."""
     report = DataReport() if report is None else report
@@ -224,7 +230,7 @@ def natural_batches(groups, scheme, feature_set, num_particles, batch_size, chun
     files = sorted((f for fs in groups.values() for f in fs), key=str)
     rest = None
     for path in files:
-        chunks = read_chunks(path, columns, scheme.label_branches, chunk_size)
+        chunks = read_chunks(path, columns, scheme.label_branches, chunk_size, column_map)
         for raw in iter_file_chunks(chunks, path, skip_bad_files, report):
             chunk = task_jets(raw, scheme, report)[0]
             merged = chunk if rest is None else concatenate_chunks([rest, chunk])

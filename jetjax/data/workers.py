@@ -88,11 +88,11 @@ class WorkerPool:
             self.replies.append(reply_out)
             self.processes.append(process)
 
-    def read(self, path, columns, label_branches, chunk_size):
+    def read(self, path, columns, label_branches, chunk_size, column_map):
         """Like readers.read_chunks: an iterator of the file's chunks, decoded by the next worker in turn,
         which starts at once."""
         worker, key = next(self.turn) % len(self.processes), ("file", next(self.keys))
-        self._send(worker, ("open", key, path, columns, label_branches, chunk_size))
+        self._send(worker, ("open", key, path, columns, label_branches, chunk_size, column_map))
         for _ in range(self.read_ahead):
             self._send(worker, ("next", key))
         return self._chunks(worker, key, path)
@@ -171,9 +171,10 @@ def _widen(connection, size=1 << 20):
 
 
 def serve(requests, replies):
-    """A worker's loop: requests ('open', key, path, columns, label_branches, chunk_size), ('next', key) and
-    ('batch', key, parts, positions, labels, feature_set, num_particles), answered in order with (kind, key, value);
-    an error is answered as ('error', key, (exception, traceback text)) and ends that file. A thread takes
+    """A worker's loop: requests ('open', key, path, columns, label_branches, chunk_size, column_map),
+    ('next', key) and ('batch', key, parts, positions, labels, feature_set, num_particles), answered in order
+    with (kind, key, value); an error is answered as ('error', key, (exception, traceback text)) and ends that
+    file. A thread takes
     the requests off their pipe as they come, so that the parent never waits to send one."""
     waiting = queue.SimpleQueue()
     threading.Thread(target=_receive_all, args=(requests, waiting), daemon=True).start()

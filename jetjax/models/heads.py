@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax.models.layers import Block, Dropout, torch_linear_init
+from jetjax.models.layers import LN_EPS, Block, Dropout, torch_linear_init
 from jetjax.models.layout import DenseLayout
 
 
@@ -25,6 +25,26 @@ class Classifier(nn.Module):
         elif self.kind != "linear":
             raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_linear_init, name="out")(z)
+
+
+class BlockMixClassifier(nn.Module):
+    """Adapter on a frozen encoder (seed 003's design): a learned softmax-weighted mix of every block's output
+    (`blocks` (B, L, E), ParT's `block_outputs`; the mix starts uniform), LayerNorm, then a `Classifier`
+    ('linear' or 'mlp')."""
+
+    num_classes: int
+    kind: str = "linear"
+    hidden: int = 256
+    dropout: float = 0.1
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, blocks, train: bool = False):
+        mix_logits = self.param("mix_logits", nn.initializers.zeros, (blocks.shape[1],))
+        mixed = jnp.einsum("l,ble->be", jax.nn.softmax(mix_logits), blocks)
+        mixed = nn.LayerNorm(epsilon=LN_EPS, name="norm")(mixed)
+        return Classifier(self.num_classes, self.kind, self.hidden, self.dropout, self.dtype, name="classifier")(
+            mixed, train)
 
 
 class ProjectionHead(nn.Module):

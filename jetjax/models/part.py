@@ -22,6 +22,7 @@ stochastic depth), `layer_scale_init` (LayerScale on both residual branches; Non
 from typing import Optional, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jetjax import physics
@@ -80,6 +81,14 @@ class ParT(nn.Module):
     With a `plan` (models/layout.py) the encoder computes on real particles and pairs only (same results),
     and `layout_overflow` says whether the batch exceeded the plan (it never should).
     Stage outputs are sown into the 'intermediates' collection (embedding, pair_bias, block_i, cls_block_i).
+
+    Call options for reusing a trained encoder (jetjax.finetune):
+    - `block_outputs`: also return `blocks` (B, num_layers + num_cls_layers, E), one vector per block: the mean
+      of each particle block's output tokens over the jet's real particles (exact in every layout, and a
+      reduction of what the block computed anyway), then the class token after each class block.
+    - `unfrozen_blocks` k (None: the whole encoder follows `train`): the embeddings and all particle blocks but
+      the last k run in eval mode (running BatchNorm statistics, no dropout) and pass no gradient back; the
+      last k particle blocks and the class blocks follow `train`.
     """
 
     num_classes: Optional[int] = 10
@@ -111,36 +120,67 @@ class ParT(nn.Module):
         return Block(self.num_heads, self.ffn, self.ffn_ratio, *dropouts, drop_path, self.layer_scale_init,
                      self.dtype, name=name)
 
+    def first_trained_block(self, unfrozen_blocks):
+        """Index of the first particle block that trains when the last `unfrozen_blocks` do (None: none frozen)."""
+        if unfrozen_blocks is None:
+            return None
+        if not 0 <= unfrozen_blocks <= self.num_layers:
+            raise ValueError(f"config.finetune.unfreeze_blocks={unfrozen_blocks} must be between 0 and "
+                             f"model.num_layers={self.num_layers}")
+        return self.num_layers - unfrozen_blocks
+
     @nn.compact
-    def __call__(self, features, vectors, mask, train: bool = False, plan: Optional[LayoutPlan] = None):
+    def __call__(self, features, vectors, mask, train: bool = False, plan: Optional[LayoutPlan] = None,
+                 block_outputs: bool = False, unfrozen_blocks: Optional[int] = None):
+        first_trained = self.first_trained_block(unfrozen_blocks)
+        stem_train = train and first_trained is None
+
+        def detached_before(block, x):
+            """x, with no gradient flowing back when `block` is the first one that trains."""
+            return jax.lax.stop_gradient(x) if block == first_trained else x
+
         mask = mask.astype(bool)
         features = jnp.where(mask[..., None], features, 0).astype(jnp.float32)
         vectors = jnp.where(mask[..., None], vectors, 0).astype(jnp.float32)
         layout = DenseLayout(mask) if plan is None else PackedLayout(mask, plan)
 
-        x = ParticleEmbed(self.embed_dims, self.dtype, name="embed")(layout.rows(features), layout.row_mask, train)
+        x = ParticleEmbed(self.embed_dims, self.dtype, name="embed")(layout.rows(features), layout.row_mask,
+                                                                     stem_train)
         self.sow("intermediates", "embedding", layout.to_dense(x))
         pair_biases = None
         if self.pair_embed_dims:
             pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, name="pair_embed")(
-                layout.rows(vectors), layout, train)
+                layout.rows(vectors), layout, stem_train)
+            if first_trained is not None:
+                pair_biases = jax.lax.stop_gradient(pair_biases)
             if plan is None:
                 self.sow("intermediates", "pair_bias", pair_biases[0])
         biases = layout.attention_bias(pair_biases)
 
         dropouts = (self.dropout, self.attn_dropout, self.activation_dropout)
+        pooled, real = [], jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(jnp.float32)
         for i in range(self.num_layers):
-            x = self.block(f"blocks_{i}", dropouts, self.drop_path)(x, layout, biases, train=train)
+            x = detached_before(i, x)
+            trains = train and (first_trained is None or i >= first_trained)
+            x = self.block(f"blocks_{i}", dropouts, self.drop_path)(x, layout, biases, train=trains)
             self.sow("intermediates", f"block_{i}", layout.to_dense(x))
+            if block_outputs:
+                tokens = jnp.where(mask[..., None], layout.to_dense(x), 0).astype(jnp.float32)
+                pooled.append(jnp.sum(tokens, axis=1) / real)
+        x = detached_before(self.num_layers, x)
 
         cls = self.param("cls_token", nn.initializers.truncated_normal(0.02), (1, 1, x.shape[-1]))
         t = jnp.broadcast_to(cls, (mask.shape[0], 1, x.shape[-1])).astype(self.dtype)
         for i in range(self.num_cls_layers):
             t = self.block(f"cls_blocks_{i}", (0.0, 0.0, 0.0), 0.0)(x, layout, cls=t, train=train)
             self.sow("intermediates", f"cls_block_{i}", t)
+            if block_outputs:
+                pooled.append(t[:, 0].astype(jnp.float32))
         z = layer_norm("norm", self.dtype)(t)[:, 0].astype(jnp.float32)
 
         out = {"z": z, "tokens": layout.to_dense(x)}
+        if block_outputs:
+            out["blocks"] = jnp.stack(pooled, axis=1)
         if plan is not None:
             out["layout_overflow"] = layout.overflow
         if self.num_classes:

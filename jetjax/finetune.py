@@ -1,0 +1,76 @@
+"""Reusing a trained encoder on a classification task: how much of it trains (config `finetune`, mode 'finetune').
+
+    method='full'     every parameter trains (the encoder starts from `train.init_from`)
+    method='adapter'  the encoder is frozen (eval mode: running BatchNorm statistics, no dropout, no gradient)
+                      and a `heads.BlockMixClassifier` trains on its per-block outputs: a softmax-weighted mix
+                      of every block's output, LayerNorm, and a `model.head` ('linear' | 'mlp') classifier
+    method='last_k'   the last `unfreeze_blocks` particle blocks, the class blocks, the class token, the final
+                      norm and the head train; the embeddings and earlier blocks are frozen as above
+    mode='probe'      the linear probe: the encoder's own head on the frozen encoder (objectives.Supervised)
+
+`head_learning_rate` (None: `optimizer.learning_rate`) is the peak learning rate of the new head. Frozen
+parameters and BatchNorm statistics stay bit-identical (optim.freeze, eval mode).
+"""
+import flax.linen as nn
+import jax
+import ml_collections
+
+from jetjax import losses, objectives, optim
+from jetjax.models.heads import BlockMixClassifier
+
+METHODS = ("full", "adapter", "last_k")
+DEFAULTS = dict(method="full", unfreeze_blocks=2, head_learning_rate=None)
+
+
+def settings(config):
+    """config.finetune with the defaults filled in (runs saved before the section existed have none)."""
+    values = ml_collections.ConfigDict({**DEFAULTS, **config.get("finetune", {})})
+    if values.method not in METHODS:
+        raise ValueError(f"config.finetune.method={values.method!r} is not one of {METHODS}")
+    if values.method != "full" and config.mode not in ("finetune", "evaluate"):
+        raise ValueError(f"config.finetune.method={values.method!r} applies to mode 'finetune', not "
+                         f"{config.mode!r}: set config.mode='finetune' (and train.init_from) or method='full'")
+    return values
+
+
+class Adapted(nn.Module, objectives.EncoderLengths):
+    """Frozen encoder + adapter (module docstring): the encoder always runs in eval mode behind a stop_gradient."""
+
+    encoder: nn.Module
+    num_classes: int
+    head: str = "linear"
+    head_hidden: int = 256
+    head_dropout: float = 0.1
+    label_smoothing: float = 0.0
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False, plan=None):
+        out = objectives.encode(self.encoder, batch, False, plan, block_outputs=True)
+        adapter = BlockMixClassifier(self.num_classes, self.head, self.head_hidden, self.head_dropout, name="adapter")
+        logits = adapter(jax.lax.stop_gradient(out["blocks"]), train)
+        loss, metrics = losses.cross_entropy(logits, batch["label"], self.label_smoothing)
+        return loss, objectives.with_layout_check(metrics, out), {"z": out["z"], "logits": logits}
+
+
+def classifier(config, encoder_class, model_settings, num_classes):
+    """The classifier objective of a supervised / finetune / probe / evaluate run: `encoder_class(**model_settings)`
+    (ParT) with a head, or without one under an adapter."""
+    method = settings(config).method
+    if method == "adapter":
+        return Adapted(encoder_class(num_classes=None, **model_settings), num_classes, model_settings["head"],
+                       model_settings["head_hidden"], model_settings["head_dropout"])
+    encoder = encoder_class(num_classes=num_classes, **model_settings)
+    unfrozen = settings(config).unfreeze_blocks if method == "last_k" else None
+    encoder.first_trained_block(unfrozen)  # a wrong unfreeze_blocks fails here, before any work
+    return objectives.Supervised(encoder, freeze_encoder=config.mode == "probe", unfrozen_blocks=unfrozen)
+
+
+def optimizer_settings(config, num_layers):
+    """`trainable` and `head_learning_rate` keywords of optim.make_optimizer for a run of `config`."""
+    values = settings(config) if config.mode in ("finetune", "probe") else ml_collections.ConfigDict(DEFAULTS)
+    trainable = None
+    if config.mode == "probe" or values.method == "adapter":
+        trainable = optim.is_head
+    elif values.method == "last_k":
+        trainable = optim.trains_from_block(num_layers - values.unfreeze_blocks)
+    return dict(trainable=trainable, head_learning_rate=values.head_learning_rate)
