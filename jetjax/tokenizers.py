@@ -142,7 +142,7 @@ class VQVAEObjective(nn.Module):
     """The tokenizer stage (objective 'vqvae'): loss = L1 reconstruction of every input feature of the real
     particles (`losses.masked_particle` over all of them) + codebook + commitment x |z_e - sg(e)|^2.
     Metrics: `reco` (and per channel), `codebook`, `commitment`, `usage`, `perplexity`, `restarted_codes`.
-    The jet representation `z` is the mean of the particles' quantised latents (for the kNN probe or t-SNE)."""
+    The jet representation `z` is the mean of the particles' quantised latents (the run's embeddings)."""
 
     tokenizer: ParticleVQVAE
     feature_names: tuple
