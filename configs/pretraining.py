@@ -8,6 +8,9 @@ OBJECTIVES = {
     "jetclr": dict(temperature=0.1),
     "mpm": dict(mask_fraction=0.3),
     "clipvae": dict(beta=0.08, clip_fraction=0.75),
+    "vqvae": dict(num_codes=512, latent=16, codebook_update="ema", dead_code_steps=100),
+    "mpm_vq": dict(mask_fraction=0.3, tokenizer_run="runs/vqvae"),
+    "mpm_kmeans": dict(mask_fraction=0.3, num_clusters=512, kmeans_jets=20_000),
 }
 """Each pretraining objective's settings (keywords of jetjax.objectives.build; the rest keep its defaults)."""
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 50, 20

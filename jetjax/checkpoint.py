@@ -50,3 +50,15 @@ class Checkpoints:
     def close(self):
         for manager in self.managers.values():
             manager.close()
+
+
+def best_checkpoint(run, key):
+    """The best state saved in the workdir `run` (nested dicts of arrays); errors name the config `key`."""
+    if not (Path(run) / "config.json").exists():
+        raise FileNotFoundError(f"{key}={str(run)!r} holds no config.json: is it a jetjax workdir?")
+    stored = Checkpoints(run)
+    best = stored.restore("best")
+    stored.close()
+    if best is None:
+        raise FileNotFoundError(f"{key}={str(run)!r} has no best checkpoint yet (checkpoints/best): train it first")
+    return best[0]

@@ -11,6 +11,7 @@ makes its views (augmentations or masking, from `key`), runs the encoder and hea
   jetclr      JetCLR's two views (rotation, translation, soft smearing, collinear splitting), NT-Xent, tau 0.1
   mpm         30% of real particles removed from everything the encoder sees, decoder reconstructs them
   clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL
+  vqvae, mpm_vq, mpm_kmeans   the particle tokenizer and MPM with token targets (jetjax.objectives_tokens)
 """
 import functools
 from typing import Any, Callable, Optional
@@ -178,5 +179,16 @@ def build(name: str, encoder: nn.Module, feature_set: str = "kin", num_particles
         return MaskedParticleModel(encoder, targets, with_pid, num_particles, **settings)
     if name == "clipvae":
         return ClipVAE(encoder, **settings)
+    from jetjax import objectives_tokens  # it builds on this module
+
+    if name in objectives_tokens.NAMES:
+        return objectives_tokens.build(name, encoder, feature_set, num_particles, **settings)
     raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); "
-                     "choose one of supervised, supcon, jetclr, mpm, clipvae")
+                     f"choose one of supervised, supcon, jetclr, mpm, clipvae, {', '.join(objectives_tokens.NAMES)}")
+
+
+def prepare(model, workdir, data, seed):
+    """`model` ready to train in `workdir` on the training data `data` (jetjax.data.pipeline settings): an
+    objective whose targets come from outside the train step (MPM's token targets: a tokenizer run, K-means
+    centroids fitted on training jets and kept in the workdir) resolves them here; the others are ready."""
+    return model.prepare_targets(workdir, data, seed) if hasattr(model, "prepare_targets") else model

@@ -7,9 +7,10 @@ size; only what defines the method changes (the objective, "Ours"'s model change
 study's Tables 1-4, the ROC curves and the t-SNE of validation embeddings (Figure 1).
 
 The study workdir holds `data/` (when the data are synthetic), one run workdir per stage (`ours/`,
-`supcon_pretrain/`, `supcon_finetune/`, ...) and `report/`. A stage whose results exist is skipped (a
-classifier with `evaluation/metrics.json`, a pretraining run whose last checkpoint completed its epochs), an
-unfinished one resumes, so running the same command again continues an interrupted study.
+`supcon_pretrain/`, `supcon_finetune/`, ...; the tokenizer `mpm_vq_tokenizer/` before `mpm_vq_pretrain/`)
+and `report/`. A stage whose results exist is skipped (a classifier with `evaluation/metrics.json`, a
+pretraining run whose last checkpoint completed its epochs), an unfinished one resumes, so running the same
+command again continues an interrupted study.
 """
 import json
 import time
@@ -26,10 +27,14 @@ from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
 
 METHODS = {"ours": "Ours (Supervised)", "ours_muon": "Ours (Muon)", "supcon": "Ours (SupCon)", "part": "ParT",
-           "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM"}
+           "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM", "mpm_vq": "MPM (VQ-VAE tokens)",
+           "mpm_kmeans": "MPM (K-means)"}
 """Method -> table row, in the study's row order."""
 SUPERVISED = ("ours", "ours_muon", "part")
-OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm")
+OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm", "mpm_vq", "mpm_kmeans")
+TOKENIZERS = {"mpm_vq": "vqvae"}
+"""Objective -> the tokenizer objective trained before it (stage '<objective>_tokenizer', study.pretrain_epochs,
+settings study.objective_settings[tokenizer]), whose tokens are its targets (objective.tokenizer_run)."""
 
 
 def method(stage):
@@ -72,6 +77,12 @@ def stages(config, workdir):
         pretrain.objective = ml_collections.ConfigDict(dict(name=name, **study.objective_settings[name]))
         finetune = run_config(config, "finetune", study.finetune_epochs)
         finetune.train.init_from = str(workdir / f"{name}_pretrain")
+        if name in TOKENIZERS:
+            tokenizer = run_config(config, "pretrain", study.pretrain_epochs)
+            tokenizer.objective = ml_collections.ConfigDict(
+                dict(name=TOKENIZERS[name], **study.objective_settings[TOKENIZERS[name]]))
+            pretrain.objective.tokenizer_run = str(workdir / f"{name}_tokenizer")
+            result.append((f"{name}_tokenizer", None, tokenizer))
         result += [(f"{name}_pretrain", None, pretrain), (f"{name}_finetune", METHODS[name], finetune)]
     missing = [n for n in study.tsne if n not in [stage for stage, _, _ in result]]
     if missing:

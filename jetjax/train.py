@@ -17,7 +17,7 @@ import optax
 import tqdm
 
 from jetjax import devices, optim, parallel
-from jetjax.checkpoint import Checkpoints
+from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
 from jetjax.models.layout import plan_layout, slot_bucket
 
@@ -203,18 +203,6 @@ def example_batch(config, batch_size):
             "jet": np.zeros((b, 4), np.float32)}
 
 
-def best_checkpoint(run, key):
-    """The best state saved in the workdir `run` (nested dicts of arrays); errors name the config `key`."""
-    if not (Path(run) / "config.json").exists():
-        raise FileNotFoundError(f"{key}={str(run)!r} holds no config.json: is it a jetjax workdir?")
-    stored = Checkpoints(run)
-    best = stored.restore("best")
-    stored.close()
-    if best is None:
-        raise FileNotFoundError(f"{key}={str(run)!r} has no best checkpoint yet (checkpoints/best): train it first")
-    return best[0]
-
-
 def load_encoder(state, run):
     """`state` with the encoder (parameters and BatchNorm statistics, not the classifier head) of the best
     checkpoint of the pretraining workdir `run`."""
@@ -367,7 +355,7 @@ class StepMetrics:
 def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
-    from jetjax import finetune
+    from jetjax import finetune, objectives
     from jetjax.data.classes import task_scheme
     from jetjax.data.readers import DataReport
 
@@ -381,6 +369,7 @@ def fit(config, workdir):
     parallel.check_batch_size(batch_size, mesh)
     report = DataReport()
     data = data_settings(config, workdir)
+    model = objectives.prepare(model, workdir, data, config.seed)
     host_batch, host = batch_size // jax.process_count(), jax.process_index()  # each host reads its share
     sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
                                         jax.process_count(), seed=config.seed + 1000 * host, report=report,
