@@ -24,6 +24,7 @@ def get_config():
         val_size=2_000_000,                  # balanced validation jets per epoch
         skip_bad_files=False,
         length_grouping=0,                   # > 1: training batches of similar multiplicity (windows of N batches)
+        label_budget=0,                      # > 0: train on this many labelled jets only (jetjax.data.labelled)
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
