@@ -9,7 +9,7 @@ import pytest
 from jetjax.data import labelled, pipeline, synthetic
 from jetjax.data.classes import JETCLASS2_7
 from jetjax.data.features import required_particle_columns, to_batch
-from jetjax.data.readers import DataError, DataReport, discover_files, read_chunks
+from jetjax.data.readers import DataError, DataReport, discover_files, file_group, read_chunks
 from jetjax.data.sampler import task_jets
 
 MASK = 2 ** 64 - 1
@@ -59,8 +59,9 @@ def test_row_keys_match_a_pure_python_splitmix64():
 
 
 def brute_force_selection(root, num_jets, seed):
-    """(source file, order key) of the selected jets: every usable jet of the split read whole, sorted by
-    (rank of its file in the seeded order, key), the first n_k of class k, placed at the class order."""
+    """(source file, order key) of the selected jets: every usable jet of the split read whole, those of a
+    class in the files of its group sorted by (rank of the file in the seeded order, key), the first n_k of
+    class k, placed at the class order."""
     files = sorted((f for fs in discover_files(root, "train").values() for f in fs), key=str)
     rank = {files[i]: r for r, i in enumerate(np.random.default_rng(seed).permutation(len(files)))}
     jets = {k: [] for k in range(7)}
@@ -70,7 +71,8 @@ def brute_force_selection(root, num_jets, seed):
                                                     np.uint64)
             chunk, labels = task_jets(raw, JETCLASS2_7, DataReport())
             for key, label in zip(chunk.jets[labelled.ORDER_KEY], labels):
-                jets[int(label)].append((rank[path], int(key), path.name))
+                if JETCLASS2_7.classes[label].file_group == file_group(path):
+                    jets[int(label)].append((rank[path], int(key), path.name))
     classes = labelled.class_order(num_jets, JETCLASS2_7.target_fractions)
     sorted_jets = {k: sorted(v) for k, v in jets.items()}
     taken = {k: 0 for k in range(7)}

@@ -5,20 +5,22 @@ The order is a function of the seed and the split's files, never of N:
 - classes: position i of the order belongs to the class that Webster's (Sainte-Lague) divisor method gives
   the (i+1)-th seat on the scheme's target fractions, so the first N positions hold n_k(N) jets of class k,
   within about one jet of N x fraction_k; a divisor method is house-monotone (n_k never falls as N grows);
-- jets of one class: the training files (every group together) in a seeded random order, and within a file
-  its rows in the order of a seeded hash of (seed, file name, row); the j-th class-k position holds the
-  j-th usable class-k jet met in that order (`features.clean` drops unusable jets, counted in the report).
+- jets of one class: the training files of the class's file group (`JetClass.file_group`, where the sampler
+  draws it from too) in a seeded random order of all the split's files, and within a file its rows in the
+  order of a seeded hash of (seed, file name, row); the j-th class-k position holds the j-th usable class-k
+  jet met in that order (`features.clean` drops unusable jets, counted in the report).
 So the subset of (N, seed) is the first N jets of one fixed order: a larger budget contains the smaller one,
 and the same (N, seed) gives the same jets whatever the chunk size or the folder the files sit in. Files are
-read in the seeded order until every class has its n_k jets, so a small budget reads few files (JetClass-II:
-about one file per group for 10^3 jets); the selected jets stay in memory (cleaned, before padding).
+read in the seeded order, skipping those of groups whose classes are complete, until every class has its n_k
+jets: a small budget reads few files (JetClass-II: one file per group for 10^3 jets); the selected jets stay
+in memory (cleaned, before padding).
 """
 import zlib
 
 import numpy as np
 
 from jetjax.data import features as feats
-from jetjax.data.readers import DataError, DataReport, concatenate_chunks
+from jetjax.data.readers import DataError, DataReport, concatenate_chunks, file_group
 from jetjax.data.sampler import iter_file_chunks, task_jets
 
 ORDER_KEY = "label_order_key"
@@ -59,7 +61,8 @@ def _lowest(chunk, n):
 def select_labelled(groups, scheme, num_jets, seed, feature_set, chunk_size=4096, skip_bad_files=False,
                     report=None):
     """The first `num_jets` jets of the order of the module docstring over the files of `groups`
-    ({group: [files]}): (cleaned JetChunk in order, class index of each jet)."""
+    ({group: [files]}): (cleaned JetChunk in order, class index of each jet). A class whose file group has
+    too few jets is an error naming the class."""
     if num_jets < 1 or int(num_jets) != num_jets:
         raise ValueError(f"config.data.label_budget={num_jets!r}: give a whole number of labelled jets (>= 1), "
                          "or 0 for every jet of the training split")
@@ -74,11 +77,14 @@ def select_labelled(groups, scheme, num_jets, seed, feature_set, chunk_size=4096
         if not missing.any():
             break
         path, row, best = files[index], 0, [None] * scheme.num_classes
+        wanted = [k for k in np.flatnonzero(missing) if scheme.classes[k].file_group == file_group(path)]
+        if not wanted:
+            continue
         for raw in iter_file_chunks(path, columns, scheme.label_branches, chunk_size, skip_bad_files, report):
             raw.jets[ORDER_KEY] = row_keys(seed, path.name, row + np.arange(len(raw)))
             row += len(raw)
             chunk, labels = task_jets(raw, scheme, report)
-            for k in np.flatnonzero(missing):
+            for k in wanted:
                 jets = chunk.take(np.flatnonzero(labels == k))
                 merged = jets if best[k] is None else concatenate_chunks([best[k], jets])
                 best[k] = _lowest(merged, missing[k])
