@@ -131,3 +131,14 @@ def test_epochs_draw_from_the_subset_only_and_resume(dataset):
     assert len(resumed) == len(epoch) - 4
     again = list(pipeline.training_sampler(dataset, **args).batches(epoch=2))
     assert not np.array_equal(again[0]["jet"], epoch[0]["jet"])
+
+
+def test_jets_of_a_class_come_from_its_file_group_only(dataset, tmp_path):
+    import shutil
+
+    shutil.copytree(dataset / "train", tmp_path / "train")
+    shutil.copy(dataset / "train" / "Res2P_0000.parquet", tmp_path / "train" / "QCD_0999.parquet")  # bb in QCD
+    chunk, labels = selection(tmp_path, 300, seed=7)
+    assert [int(k) for k in chunk.jets[labelled.ORDER_KEY]] == [k for _, k in brute_force_selection(tmp_path, 300, 7)]
+    foreign = set(labelled.row_keys(7, "QCD_0999.parquet", np.arange(200)).tolist())
+    assert not foreign & set(chunk.jets[labelled.ORDER_KEY].tolist())
