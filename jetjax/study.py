@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import metrics, report, train
+from jetjax import metrics, optim, report, train
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import get_scheme
@@ -132,8 +132,9 @@ def run_stages(config, workdir, plan):
     """Train the stages of `plan` ([(name, row, run config)]) in `workdir/<name>`: finished ones skipped, an
     unfinished one resumed. Stages that read the study's data (`data.root` as in `config`) share one data
     set (synthetic: made once in `workdir/data`). False when a stage was stopped by a signal."""
-    for _, _, c in plan:
-        train.build_model(c)  # a wrong setting of any stage fails before any work
+    for _, _, c in plan:  # a wrong model or optimiser setting of any stage fails before any work
+        train.build_model(c)
+        optim.make_optimizer(c.train.epochs * (c.data.epoch_size // c.train.batch_size), **c.optimizer)
     data = train.data_settings(config, workdir)
     for name, row, c in plan:
         if c.data.root == config.data.root:

@@ -155,3 +155,12 @@ def test_tiny_study_writes_its_table_and_figure_and_a_rerun_skips_every_stage(tm
     assert out.count("done, skipped") == 5 and "epochs)" not in out
     assert {p: p.stat().st_mtime_ns for p in best.rglob("*")} == before
     assert again == rows
+
+
+def test_a_schedule_too_short_for_its_warmup_fails_before_any_work(tmp_path):
+    config = efficiency_quickstart.get_config()
+    config.efficiency.methods = ("scratch",)
+    config.optimizer.warmup_steps = 60  # the classifiers' 3 epochs of 20 steps
+    with pytest.raises(ValueError, match="warmup_steps=60"):
+        efficiency.run(config, tmp_path)
+    assert not any(tmp_path.iterdir())
