@@ -37,6 +37,7 @@ def get_config():
         )),
         columns=ml_collections.ConfigDict({n: n for n in CONFIG_COLUMNS}),  # canonical -> your files' name
         tree="tree",                         # ROOT files: the tree to read
+        label_budget=0,                      # > 0: train on this many labelled jets only (jetjax.data.labelled)
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import metrics, report, train
+from jetjax import metrics, optim, report, train
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -48,9 +48,13 @@ def stage_title(stage):
     return f"{title}, pretrained encoder" if stage.endswith("_pretrain") else title
 
 
+STUDY_SECTIONS = ("study", "efficiency")
+"""Config sections that describe several runs (jetjax.study, jetjax.efficiency), never one run."""
+
+
 def run_config(config, mode, epochs):
-    """The study config as the config of one run: `mode`, `epochs`, no `study` section."""
-    c = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k != "study"})
+    """The study config as the config of one run: `mode`, `epochs`, no section of STUDY_SECTIONS."""
+    c = ml_collections.ConfigDict({k: v for k, v in config.to_dict().items() if k not in STUDY_SECTIONS})
     c.mode = mode
     c.train.epochs = epochs
     return c
@@ -127,11 +131,25 @@ def run(config, workdir):
     a stage was stopped by a signal (the same command continues it)."""
     workdir = Path(workdir)
     plan = stages(config, workdir)
-    for _, _, c in plan:
-        train.build_model(c)  # a wrong setting of any stage fails before any work
-    data = train.data_settings(config, workdir)  # one data set for every run (synthetic: made once here)
+    if not run_stages(config, workdir, plan):
+        return None
+    evaluated = {method(name): name for name, row, _ in plan if row is not None}
+    results = {METHODS[m]: metrics.read_json(workdir / evaluated[m] / "evaluation" / "metrics.json")
+               for m in METHODS if m in evaluated}
+    return write_report(config, workdir, results)
+
+
+def run_stages(config, workdir, plan):
+    """Train the stages of `plan` ([(name, row, run config)]) in `workdir/<name>`: finished ones skipped, an
+    unfinished one resumed. Stages that read the study's data (`data.root` as in `config`) share one data
+    set (synthetic: made once in `workdir/data`). False when a stage was stopped by a signal."""
+    for _, _, c in plan:  # a wrong model or optimiser setting of any stage fails before any work
+        train.build_model(c)
+        optim.make_optimizer(c.train.epochs * (c.data.epoch_size // c.train.batch_size), **c.optimizer)
+    data = train.data_settings(config, workdir)
     for name, row, c in plan:
-        c.data.update(dict(root=data["root"], synthetic_jets_per_group=0))
+        if c.data.root == config.data.root:
+            c.data.update(dict(root=data["root"], synthetic_jets_per_group=0))
         if is_done(workdir / name, row, c.train.epochs):
             print(f"study: {name} done, skipped")
             continue
@@ -140,12 +158,9 @@ def run(config, workdir):
         record = train.fit(c, workdir / name)
         if record["epoch"] < c.train.epochs:
             print(f"study stopped in {name}; run the same command to continue")
-            return None
+            return False
         print(f"study: {name} finished in {time.perf_counter() - start:.0f} s")
-    evaluated = {method(name): name for name, row, _ in plan if row is not None}
-    results = {METHODS[m]: metrics.read_json(workdir / evaluated[m] / "evaluation" / "metrics.json")
-               for m in METHODS if m in evaluated}
-    return write_report(config, workdir, results)
+    return True
 
 
 def write_report(config, workdir, results):

@@ -373,7 +373,8 @@ def fit(config, workdir):
     host_batch, host = batch_size // jax.process_count(), jax.process_index()  # each host reads its share
     sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
                                         jax.process_count(), seed=config.seed + 1000 * host, report=report,
-                                        length_window=config.data.length_grouping, workers=config.data.workers)
+                                        length_window=config.data.length_grouping, workers=config.data.workers,
+                                        label_budget=config.data.get("label_budget", 0), label_seed=config.seed)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
     tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
                               **finetune.optimizer_settings(config, config.model.num_layers))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from jetjax.data.classes import get_scheme
+from jetjax.data.labelled import LabelledSampler, select_labelled
 from jetjax.data.readers import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, ROOT_TREE, ColumnMap,
                                  DataError, DataReport, discover_files)
 from jetjax.data.sampler import StratifiedSampler, natural_batches
@@ -32,16 +33,24 @@ from jetjax.data.workers import WorkerSampler
 def training_sampler(root=None, split="train", feature_set="kin", num_particles=128, batch_size=256,
                      epoch_size=2_000_000, seed=0, scheme="jetclass2_7", files=None, skip_bad_files=False,
                      buffer_size=2048, pool_size=8, chunk_size=1024, report=None, file_format="any",
-                     length_window=0, workers=0, column_map=DEFAULT_COLUMNS):
-    """StratifiedSampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch. With
-    `workers` >= 1, files are decoded and features built in that many processes (workers.WorkerSampler,
-    the same batches). With `length_window` > 1, batches are regrouped by multiplicity within windows of
-    that many batches (`LengthGroupedSampler`)."""
-    sampler = StratifiedSampler(discover_files(root, split, files, file_format), get_scheme(scheme), feature_set,
-                                num_particles, batch_size, epoch_size, seed, buffer_size, pool_size, chunk_size,
-                                skip_bad_files, report, column_map)
-    if workers >= 1:
-        sampler = WorkerSampler(sampler, workers)
+                     length_window=0, workers=0, column_map=DEFAULT_COLUMNS, label_budget=0, label_seed=0):
+    """The training sampler over the split's files: `sampler.batches(epoch, start_batch)` yields an epoch.
+    StratifiedSampler; with `workers` >= 1 its files are decoded and features built in that many processes
+    (workers.WorkerSampler, the same batches). With `label_budget` > 0, epochs draw only from the first
+    `label_budget` jets of the split's labelled order for `label_seed` (labelled.py; those jets are held in
+    memory). With `length_window` > 1, batches are regrouped by multiplicity within windows of that many
+    batches (`LengthGroupedSampler`)."""
+    groups, scheme = discover_files(root, split, files, file_format), get_scheme(scheme)
+    if label_budget:
+        report = DataReport() if report is None else report
+        chunk, labels = select_labelled(groups, scheme, label_budget, label_seed, feature_set, skip_bad_files=
+                                        skip_bad_files, report=report, column_map=column_map)
+        sampler = LabelledSampler(chunk, labels, feature_set, num_particles, batch_size, epoch_size, seed, report)
+    else:
+        sampler = StratifiedSampler(groups, scheme, feature_set, num_particles, batch_size, epoch_size, seed,
+                                    buffer_size, pool_size, chunk_size, skip_bad_files, report, column_map)
+        if workers >= 1:
+            sampler = WorkerSampler(sampler, workers)
     return LengthGroupedSampler(sampler, length_window) if length_window > 1 else sampler
 
 
