@@ -2,10 +2,10 @@
 throughput and the recommended batch per device. One JSON line per size.
 
 - parameters: jax.eval_shape of the model's init (nothing allocated);
-- memory: XLA's memory analysis of the compiled train step (supervised ParT, AdamW, float32, every one of
-  the P slots computed) at two batch sizes: bytes per extra jet (activations kept for the backward pass,
-  dominated by the H x P^2 attention and pair tensors) and the fixed part (state: parameters, gradients,
-  two AdamW moments). Compiling is all it costs, so it runs for every size on any machine;
+- memory: bytes per jet from XLA's memory analysis (arguments + temporaries) of the compiled train step
+  (supervised ParT, AdamW, float32, every one of the P slots computed) at two batch sizes (activations kept
+  for the backward pass, dominated by the H x P^2 attention and pair tensors); fixed bytes: the state
+  (parameters, two AdamW moments) and the gradients. Compiling is all it costs, so it runs for every size;
 - throughput: jets/s of real training steps on this machine's default device (`--throughput` sizes only:
   on a 2-core CPU only the small rungs take seconds); jets carry realistic multiplicities (bench_model.py);
 - recommended batch per device: the largest power of two whose fixed + per-jet memory fits
@@ -44,15 +44,18 @@ def engine(c, batch_size):
     return model, tx, train.make_train_step(model, tx), state, batch
 
 
-def memory(c, batches=(8, 16)):
-    """(fixed bytes, bytes per jet) of the compiled train step, from two batch sizes."""
+def nbytes(tree):
+    return sum(int(np.prod(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(tree))
+
+
+def memory(c, batches=(16, 32)):
+    """(fixed bytes, bytes per jet) of the compiled train step (module docstring)."""
     totals = []
     for b in batches:
         _, _, step, state, batch = engine(c, b)
         analysis = step.lower(state, abstract(batch), None).compile().memory_analysis()
         totals.append(analysis.argument_size_in_bytes + analysis.temp_size_in_bytes)
-    per_jet = (totals[1] - totals[0]) / (batches[1] - batches[0])
-    return totals[0] - per_jet * batches[0], per_jet
+    return nbytes(state) + nbytes(state.params), (totals[1] - totals[0]) / (batches[1] - batches[0])
 
 
 def throughput(c, batch_size, steps):

@@ -58,7 +58,7 @@ def worker_command(setup, name, workdir, stop_step):
     return command + ([] if stop_step is None else [str(stop_step)])
 
 
-def one_process(setup, name, workdir=None, stop_step=None, timeout=240):
+def one_process(setup, name, workdir=None, stop_step=None, timeout=480):
     """The worker alone (no jax.distributed): a plain one-process, one-device run."""
     tmp, env = setup
     subprocess.run(worker_command(setup, name, workdir, stop_step), env={**os.environ, **env}, check=True,
@@ -66,7 +66,7 @@ def one_process(setup, name, workdir=None, stop_step=None, timeout=240):
     return tmp / f"{name}_out"
 
 
-def two_processes(setup, name, workdir=None, stop_step=None, timeout=240):
+def two_processes(setup, name, workdir=None, stop_step=None, timeout=480):
     tmp, env = setup
     logs = tmp / f"{name}_logs"
     launch.wait(launch.start(worker_command(setup, name, workdir, stop_step), 2, logs, env=env), logs, timeout)
@@ -108,6 +108,7 @@ def reference(setup):
     return one_process(setup, "one")
 
 
+@pytest.mark.slow  # 3 runs of 1-2 processes, each compiling: ~1.5 min of CPU
 def test_checkpoint_saved_by_two_processes_resumes_in_one(setup, reference):
     tmp, _ = setup
     stop = STEPS_PER_EPOCH + 2  # epoch 2, batch 2: a multiple of log_every, where 2 processes agree to stop
@@ -122,6 +123,7 @@ def test_checkpoint_saved_by_two_processes_resumes_in_one(setup, reference):
                                    rtol=1e-4)
 
 
+@pytest.mark.slow  # 3 runs of 1-2 processes, each compiling: ~1.5 min of CPU
 def test_checkpoint_saved_by_one_process_resumes_in_two_which_evaluate_every_test_jet_once(setup, reference):
     tmp, _ = setup
     saved = one_process(setup, "one_then_two", stop_step=3)
