@@ -49,6 +49,7 @@ def get_config():
         name="adamw", learning_rate=1e-4, weight_decay=0.01, clip_norm=1.0, schedule="cosine", warmup_steps=0))
     c.train = ml_collections.ConfigDict(dict(
         epochs=20, batch_size=256, log_every=50,
+        accumulate=1,                             # updates from batch_size / accumulate jets at a time, averaged
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
     c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)

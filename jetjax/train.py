@@ -115,8 +115,10 @@ class Feeder:
     """How host batches reach the compiled steps: each batch is cut to the smallest slot bucket that holds
     what the encoder will see (`layout.slot_multiple`), given the packed layout plan of its multiplicities
     (`layout.packed`, `layout.groups`: models/layout.py), and placed on the devices in a background thread
-    while the current step runs. Several hosts agree on the slot count and plan from every host's
-    multiplicities. Results never depend on any of this (padding invariance); only the speed does."""
+    while the current step runs. Batches are global: with several processes, each process holds the same
+    batch, derives the same slot count and plan from it and places its own rows (`parallel.host_share`), so
+    the thread never waits on the other processes. Results never depend on any of this (padding
+    invariance); only the speed does."""
 
     def __init__(self, model, mesh, num_particles, layout):
         self.model, self.mesh, self.num_particles = model, mesh, num_particles
@@ -126,7 +128,7 @@ class Feeder:
 
     def prepare(self, batch):
         """(the batch cut to its slot bucket, its layout plan or None)."""
-        lengths = parallel.gather_hosts(batch["mask"].sum(axis=1))
+        lengths = batch["mask"].sum(axis=1)
         encoder_lengths = self.model.encoder_lengths(lengths)
         slots = slot_bucket(max(int(encoder_lengths.max()), 1), self.slot_multiple, self.num_particles)
         batch = {k: v[:, :slots] if v.ndim > 1 and k != "jet" else v for k, v in batch.items()}
@@ -136,11 +138,11 @@ class Feeder:
         return batch, plan
 
     def __call__(self, batches, size=2):
-        """(device batch, plan, host batch) for each host batch, prepared `size` ahead in a thread."""
+        """(device batch, plan, global batch) for each global batch, prepared `size` ahead in a thread."""
         def placed():
             for batch in batches:
                 cut, plan = self.prepare(batch)
-                inputs = {k: cut[k] for k in pipeline.MODEL_INPUTS if k in cut}
+                inputs = parallel.host_share({k: cut[k] for k in pipeline.MODEL_INPUTS if k in cut})
                 yield parallel.shard_batch(inputs, self.mesh), plan, batch
         return pipeline.prefetch(placed(), size)
 
@@ -235,15 +237,20 @@ class StopRequest:
 
 
 class MetricsLog:
-    """One JSON line per record in `workdir/metrics.jsonl`, and the same scalars in TensorBoard."""
+    """One JSON line per record in `workdir/metrics.jsonl`, and the same scalars in TensorBoard (written by
+    process 0 only)."""
 
     def __init__(self, workdir):
         from tensorboardX import SummaryWriter
 
-        self.file = open(Path(workdir) / "metrics.jsonl", "a")
-        self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
+        self.enabled = parallel.is_main_process()
+        if self.enabled:
+            self.file = open(Path(workdir) / "metrics.jsonl", "a")
+            self.writer = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def write(self, split, step, values):
+        if not self.enabled:
+            return
         values = {k: float(v) for k, v in values.items()}
         self.file.write(json.dumps({"split": split, "step": int(step), **values}) + "\n")
         self.file.flush()
@@ -251,8 +258,9 @@ class MetricsLog:
             self.writer.add_scalar(f"{split}/{k}", v, int(step))
 
     def close(self):
-        self.file.close()
-        self.writer.close()
+        if self.enabled:
+            self.file.close()
+            self.writer.close()
 
 
 def pad_batch(batch, size):
@@ -267,16 +275,20 @@ def pad_batch(batch, size):
 
 
 def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddings=0):
-    """Mean metrics over `batches` and, for classifiers, the softmax scores and labels of every jet and the
-    first `keep_embeddings` representations, all in the stream's order. Jets are grouped by multiplicity
-    within windows of `window` batches (pipeline.grouped_by_length) so that most batches land in small slot
-    buckets; results are fetched from the devices once per window."""
-    sums, count, parts, pending = {}, 0, [], []
+    """Mean metrics over `batches` (global batches of at most `batch_size` jets) and, for classifiers, the
+    softmax scores and labels of every jet and the first `keep_embeddings` representations, all in the
+    stream's order. Jets are grouped by multiplicity within windows of `window` batches
+    (pipeline.grouped_by_length) so that most batches land in small slot buckets; results are fetched from
+    the devices once per window. With several processes, each computes its share of every batch and every
+    process returns the whole result."""
+    sums, count, parts, labels, pending = {}, 0, [], [], []
 
     def fetch():
         nonlocal count
-        for (metrics, outputs), position in jax.device_get(pending):
+        results = parallel.fetch_global([result for result, _, _ in pending])
+        for (metrics, outputs), (_, position, label) in zip(results, pending):
             real = position >= 0
+            labels.append(label[real])
             n = int(real.sum())
             for k, v in metrics.items():  # padded jets only exist in the last batch of the natural stream
                 sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -290,11 +302,9 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
             parts.append(part)
         pending.clear()
 
-    labels = []
     stream = (pad_batch(batch, batch_size) for batch in pipeline.grouped_by_length(batches, window))
     for device_batch, plan, batch in feeder(stream):
-        pending.append((eval_step(state, device_batch, plan), batch["position"]))
-        labels.append(batch["label"][batch["position"] >= 0])
+        pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"]))
         if feeder.sync_each_step:
             jax.block_until_ready(pending[-1][0])
         if len(pending) == window:
@@ -337,7 +347,7 @@ class StepMetrics:
         if not self.pending:
             return None
         steps, values = zip(*self.pending)
-        values = jax.device_get(values)
+        values = parallel.fetch_global(values)
         self.pending = []
         for step, v in zip(steps, values):
             epoch, batch = (step - 1) // self.steps_per_epoch + 1, (step - 1) % self.steps_per_epoch + 1
@@ -352,6 +362,30 @@ class StepMetrics:
         return steps[-1], {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
+def micro_batch_size(config):
+    """Jets per compiled step: the global batch `train.batch_size`, split into `train.accumulate` micro
+    batches whose gradients are averaged before each update (optax.MultiSteps)."""
+    size, steps = config.train.batch_size, config.train.get("accumulate", 1)
+    if steps < 1 or size % steps:
+        raise ValueError(f"train.accumulate={steps} must be a positive divisor of train.batch_size={size}")
+    return size // steps
+
+
+def accumulated(tx, steps):
+    """`tx` updating once every `steps` calls with the mean of their gradients (in between, the parameters do
+    not move); `tx` itself for 1. BatchNorm still normalises each micro batch with its own statistics and
+    updates its running statistics once per micro batch."""
+    return tx if steps == 1 else optax.MultiSteps(tx, every_k_schedule=steps).gradient_transformation()
+
+
+def stop_agreed(stop, step, every):
+    """Whether to save and stop now: at once on a signal for one process; several processes decide together
+    at every `every`-th step (each may get the signal at a different step, the save is collective)."""
+    if jax.process_count() == 1:
+        return stop.requested
+    return step % every == 0 and parallel.any_process(stop.requested)
+
+
 def fit(config, workdir):
     """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
@@ -363,21 +397,22 @@ def fit(config, workdir):
     devices.announce(model.encoder.dtype)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    main = parallel.is_main_process()
+    if main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = parallel.data_mesh()
-    batch_size = config.train.batch_size
-    parallel.check_batch_size(batch_size, mesh)
+    batch_size, accumulate = micro_batch_size(config), config.train.get("accumulate", 1)
+    parallel.check_batch_size(batch_size, mesh, "train.batch_size / train.accumulate")
     report = DataReport()
     data = data_settings(config, workdir)
     model = objectives.prepare(model, workdir, data, config.seed)
-    host_batch, host = batch_size // jax.process_count(), jax.process_index()  # each host reads its share
-    sampler = pipeline.training_sampler(**data, batch_size=host_batch, epoch_size=config.data.epoch_size //
-                                        jax.process_count(), seed=config.seed + 1000 * host, report=report,
-                                        length_window=config.data.length_grouping, workers=config.data.workers,
-                                        label_budget=config.data.get("label_budget", 0), label_seed=config.seed)
+    sampler = pipeline.training_sampler(**data, batch_size=batch_size, epoch_size=config.data.epoch_size,
+                                        seed=config.seed, report=report, length_window=config.data.length_grouping,
+                                        workers=config.data.workers, label_budget=config.data.get("label_budget", 0),
+                                        label_seed=config.seed)
     steps_per_epoch, epochs = sampler.batches_per_epoch, config.train.epochs
-    tx = optim.make_optimizer(epochs * steps_per_epoch, **config.optimizer,
-                              **finetune.optimizer_settings(config, config.model.num_layers))
+    tx = accumulated(optim.make_optimizer(epochs * steps_per_epoch // accumulate, **config.optimizer,
+                                          **finetune.optimizer_settings(config, config.model.num_layers)), accumulate)
     state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
     if config.mode in ("finetune", "probe"):
         if not config.train.init_from:
@@ -401,17 +436,18 @@ def fit(config, workdir):
             for epoch in range(record["epoch"], epochs):
                 bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
                                 unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}",
-                                disable=host != 0)
+                                disable=not main)
                 for state, metrics in run_steps(state, train_step, feeder, sampler.batches(epoch, record["batch"])):
                     step += 1
                     record["batch"] += 1
                     pending.add(step, metrics)
                     bar.update(batch_size)
-                    if step % config.train.log_every == 0 or stop.requested:
+                    stopping = stop_agreed(stop, step, config.train.log_every)
+                    if step % config.train.log_every == 0 or stopping:
                         logged = pending.flush()
                         log.write("train", *logged)
                         bar.set_postfix(loss=f"{logged[1]['loss']:.4f}")
-                    if stop.requested:
+                    if stopping:
                         checkpoints.save("latest", step, state, record)
                         checkpoints.wait()
                         print(f"stopped by a signal; saved {workdir} at epoch {epoch} batch {record['batch']}")
@@ -421,8 +457,8 @@ def fit(config, workdir):
                 if logged:
                     log.write("train", *logged)
                 validation = run_eval(state, eval_step, feeder, pipeline.validation_batches(
-                    **data, num_jets=config.data.val_size // jax.process_count(), batch_size=host_batch,
-                    seed=config.seed + 1 + 1000 * host), host_batch, layout.eval_window)
+                    **data, num_jets=config.data.val_size, batch_size=batch_size, seed=config.seed + 1),
+                    batch_size, layout.eval_window)
                 name, value, higher_is_better = selection_value(config, validation, class_names)
                 log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans)})
                 best = record["best"]
@@ -437,7 +473,8 @@ def fit(config, workdir):
     finally:
         log.close()
         checkpoints.close()
-        (workdir / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+        if main:
+            (workdir / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2))
     if config.mode in CLASSIFIER_MODES:
         evaluate(config, workdir)
     return record
@@ -470,7 +507,7 @@ def evaluate(config, workdir):
     mesh = parallel.data_mesh()
     run_config, model, state = trained_classifier(run, mesh, "evaluate.run")
     run_config.data.root = config.data.root or run_config.data.root
-    batch_size = run_config.train.batch_size
+    batch_size = micro_batch_size(run_config)
     scheme = task_scheme(run_config.data)
     data = data_settings(run_config, run)
     layout = layout_settings(run_config)
@@ -478,6 +515,8 @@ def evaluate(config, workdir):
                       pipeline.test_batches(**data, batch_size=batch_size), batch_size, layout.eval_window,
                       keep_embeddings=config.evaluate.embeddings)
     values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=scheme.background)
+    if not parallel.is_main_process():
+        return values
     out = run / "evaluation"
     out.mkdir(exist_ok=True)
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),
