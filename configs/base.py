@@ -5,6 +5,7 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
+from jetjax.knn_validation import KNN_DEFAULTS
 from jetjax.train import LAYOUT_DEFAULTS
 
 
@@ -38,6 +39,7 @@ def get_config():
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
+    c.knn = ml_collections.ConfigDict(KNN_DEFAULTS)  # pretraining: kNN probe at each validation (jetjax.knn_validation)
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions
