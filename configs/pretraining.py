@@ -8,6 +8,9 @@ OBJECTIVES = {
     "jetclr": dict(temperature=0.1),
     "mpm": dict(mask_fraction=0.3),
     "clipvae": dict(beta=0.08, clip_fraction=0.75),
+    "vicreg": dict(invariance=25.0, variance=25.0, covariance=1.0),
+    "simsiam": dict(stop_gradient=True),
+    "moco": dict(temperature=0.2, momentum=0.99, queue_size=0, predictor_hidden=256),
 }
 """Each pretraining objective's settings (keywords of jetjax.objectives.build; the rest keep its defaults)."""
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 50, 20

@@ -26,10 +26,11 @@ from jetjax.data import pipeline
 from jetjax.data.classes import get_scheme
 
 METHODS = {"ours": "Ours (Supervised)", "ours_muon": "Ours (Muon)", "supcon": "Ours (SupCon)", "part": "ParT",
-           "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM"}
+           "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM", "vicreg": "VICReg", "simsiam": "SimSiam",
+           "moco": "MoCo"}
 """Method -> table row, in the study's row order."""
 SUPERVISED = ("ours", "ours_muon", "part")
-OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm")
+OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm", "vicreg", "simsiam", "moco")
 
 
 def method(stage):
