@@ -123,4 +123,4 @@ def test_the_study_runs_them_under_their_literature_names(tmp_path):
     config.study.update(dict(objectives=("vicreg", "simsiam", "moco"), tsne=()))
     rows = [row for _, row, _ in study.stages(config, tmp_path) if row is not None]
     assert rows[-3:] == ["VICReg", "SimSiam", "MoCo"]
-    assert config.study.objective_settings["vicreg"] == dict(invariance=25.0, variance=25.0, covariance=1.0)
+    assert config.study.objective_settings["vicreg"].to_dict() == dict(invariance=25.0, variance=25.0, covariance=1.0)
