@@ -8,7 +8,7 @@ from configs import base
 
 def make_small(c):
     """`c` shrunk to a 2-core CPU: synthetic data, 32 particle slots (the pair features cost P^2), a tiny
-    encoder, short epochs."""
+    encoder, short epochs, a smaller kNN probe."""
     c.data.synthetic_jets_per_group = 8000
     c.data.num_particles = 32
     c.data.epoch_size = 12_800
@@ -20,6 +20,7 @@ def make_small(c):
     c.train.epochs = 3
     c.train.batch_size = 128
     c.train.log_every = 10
+    c.knn.update(dict(train_jets=1024, val_jets=512))
     return c
 
 
