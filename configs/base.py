@@ -6,6 +6,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jetjax.data.readers import CONFIG_COLUMNS
+from jetjax.knn_validation import KNN_DEFAULTS
 from jetjax.train import LAYOUT_DEFAULTS
 
 
@@ -58,6 +59,7 @@ def get_config():
         head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
     ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
+    c.knn = ml_collections.ConfigDict(KNN_DEFAULTS)  # pretraining: kNN probe at each validation (jetjax.knn_validation)
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions

@@ -11,6 +11,9 @@ OBJECTIVES = {
     "vqvae": dict(num_codes=512, latent=16, codebook_update="ema", dead_code_steps=100),
     "mpm_vq": dict(mask_fraction=0.3, tokenizer_run="runs/vqvae"),
     "mpm_kmeans": dict(mask_fraction=0.3, num_clusters=512, kmeans_jets=20_000),
+    "vicreg": dict(invariance=25.0, variance=25.0, covariance=1.0),
+    "simsiam": dict(stop_gradient=True),
+    "moco": dict(temperature=0.2, momentum=0.99, queue_size=0, predictor_hidden=256),
 }
 """Each pretraining objective's settings (keywords of jetjax.objectives.build; the rest keep its defaults)."""
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 50, 20

@@ -8,7 +8,7 @@ from configs import base
 
 def make_small(c):
     """`c` shrunk to a 2-core CPU: synthetic data, 32 particle slots (the pair features cost P^2), a tiny
-    encoder, short epochs."""
+    encoder, short epochs, a smaller kNN probe."""
     c.data.synthetic_jets_per_group = 8000
     c.data.num_particles = 32
     c.data.epoch_size = 12_800
@@ -23,6 +23,7 @@ def make_small(c):
     # at 32 slots the packed layout saves little work but needs 3 training and 6 validation programs per run
     # where the slot buckets alone need 1 and 2 (counted on this data); compiling them dominates such tiny runs
     c.layout.packed = False
+    c.knn.update(dict(train_jets=1024, val_jets=512))
     return c
 
 

@@ -240,7 +240,7 @@ def vicreg(z1, z2, invariance=25.0, variance=25.0, covariance=1.0, gamma=1.0, ep
                    "std": jax.lax.stop_gradient(std), "total": total}
 
 
-def _normalised_std(z):
+def normalised_std(z):
     """Per-dimension std across the batch of the L2-normalised rows of z, averaged over dimensions
     (SimSiam's collapse indicator: 0 for a collapsed output, about 1/sqrt(d) for a spread-out one)."""
     return jnp.mean(jnp.std(_l2_normalise(jax.lax.stop_gradient(z)), axis=0))
@@ -261,7 +261,7 @@ def simsiam(p1, p2, z1, z2, stop_gradient=True):
         return -jnp.mean(jnp.sum(_l2_normalise(_f32(p)) * _l2_normalise(_f32(z)), axis=-1))
 
     loss = 0.5 * negative_cosine(p1, target2) + 0.5 * negative_cosine(p2, target1)
-    std = 0.5 * (_normalised_std(_f32(z1)) + _normalised_std(_f32(z2)))
+    std = 0.5 * (normalised_std(_f32(z1)) + normalised_std(_f32(z2)))
     return loss, {"negative_cosine": loss, "std": std}
 
 

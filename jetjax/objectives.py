@@ -12,6 +12,10 @@ makes its views (augmentations or masking, from `key`), runs the encoder and hea
   mpm         30% of real particles removed from everything the encoder sees, decoder reconstructs them
   clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL
   vqvae, mpm_vq, mpm_kmeans   the particle tokenizer and MPM with token targets (jetjax.objectives_tokens)
+  vicreg, simsiam, moco       on JetCLR's views (jetjax.objectives_siamese)
+
+Variable collections other than 'params' and 'batch_stats' (MoCo's 'momentum') are the objective's own state:
+the engine keeps them in TrainState.extra and lets the objective update them in training steps.
 """
 import functools
 from typing import Any, Callable, Optional
@@ -68,10 +72,23 @@ class Supervised(nn.Module, EncoderLengths):
         return loss, with_layout_check(metrics, out), {"z": out["z"], "logits": out["logits"]}
 
 
-class Contrastive(nn.Module):
-    """Views from `make_views(key, batch, train)`, encoded together (one BatchNorm batch, jet-major: the views
-    of a jet side by side), projected, and compared with SupCon (labels used) or NT-Xent (labels ignored).
-    `view_lengths(lengths, capacity)` bounds each view's multiplicities (host side)."""
+def stack_views(views):
+    """Views (batches of the same B jets) as one batch of B * V jets, jet-major: the views of a jet side by side
+    (encoded together: one BatchNorm batch)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs, axis=1).reshape(-1, *xs[0].shape[1:]), *views)
+
+
+class ViewLengths:
+    """Encoder lengths of objectives that encode the stacked views of each jet: `view_lengths(lengths,
+    capacity)` bounds each view's multiplicities (host side)."""
+
+    def encoder_lengths(self, lengths):
+        return np.stack(self.view_lengths(np.asarray(lengths), self.capacity), axis=1).reshape(-1)
+
+
+class Contrastive(nn.Module, ViewLengths):
+    """Views from `make_views(key, batch, train)`, encoded together (`stack_views`), projected, and compared
+    with SupCon (labels used) or NT-Xent (labels ignored)."""
 
     encoder: nn.Module
     make_views: Callable
@@ -82,14 +99,10 @@ class Contrastive(nn.Module):
     projection_hidden: int = 128
     projection_features: int = 128
 
-    def encoder_lengths(self, lengths):
-        return np.stack(self.view_lengths(np.asarray(lengths), self.capacity), axis=1).reshape(-1)
-
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         views = self.make_views(key, batch, train)
-        stacked = jax.tree.map(lambda *xs: jnp.stack(xs, axis=1).reshape(-1, *xs[0].shape[1:]), *views)
-        out = encode(self.encoder, stacked, train, plan)
+        out = encode(self.encoder, stack_views(views), train, plan)
         h = ProjectionHead(self.projection_hidden, self.projection_features, name="projection")(out["z"])
         size = batch["mask"].shape[0]
         h = h.reshape(size, len(views), -1)  # (B, V, d)
@@ -179,12 +192,14 @@ def build(name: str, encoder: nn.Module, feature_set: str = "kin", num_particles
         return MaskedParticleModel(encoder, targets, with_pid, num_particles, **settings)
     if name == "clipvae":
         return ClipVAE(encoder, **settings)
-    from jetjax import objectives_tokens  # it builds on this module
+    from jetjax import objectives_siamese, objectives_tokens  # they build on this module
 
     if name in objectives_tokens.NAMES:
         return objectives_tokens.build(name, encoder, feature_set, num_particles, **settings)
-    raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); "
-                     f"choose one of supervised, supcon, jetclr, mpm, clipvae, {', '.join(objectives_tokens.NAMES)}")
+    if name in objectives_siamese.OBJECTIVES:
+        return objectives_siamese.build(name, encoder, num_particles, **settings)
+    raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); choose one of supervised, supcon, "
+                     f"jetclr, mpm, clipvae, {', '.join(objectives_tokens.NAMES + tuple(objectives_siamese.OBJECTIVES))}")
 
 
 def prepare(model, workdir, data, seed):

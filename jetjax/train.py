@@ -1,6 +1,6 @@
 """Training state and the jit-compiled steps shared by every objective.
 
-The state is one pytree (params, batch_stats, opt_state, step, key); a train step is a pure function
+The state is one pytree (params, batch_stats, opt_state, step, key, extra); a train step is a pure function
 state, batch -> state, metrics, compiled once with the state's buffers donated. Under a data mesh the batch
 arrives sharded along 'data' and the state replicated, so the same code runs on one device or many.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jetjax import devices, optim, parallel
+from jetjax import devices, knn_validation, objectives, optim, parallel
 from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
 from jetjax.models.layout import plan_layout, slot_bucket
@@ -29,6 +29,9 @@ class TrainState:
     opt_state: Any
     step: jax.Array
     key: jax.Array
+    extra: Any = flax.struct.field(default_factory=dict)
+    """The objective's other variable collections, which it updates itself in each training step (neither
+    trained by the optimizer nor BatchNorm statistics): e.g. MoCo's momentum encoder and queue."""
 
 
 def init_state(model, tx, batch, key):
@@ -40,8 +43,9 @@ def init_state(model, tx, batch, key):
         init_key, model_key, state_key = jax.random.split(key, 3)
         variables = model.init(init_key, batch, model_key)
         params = variables["params"]
+        extra = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
         return TrainState(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                          step=jnp.zeros((), jnp.int32), key=state_key)
+                          step=jnp.zeros((), jnp.int32), key=state_key, extra=extra)
 
     return init(batch, key)
 
@@ -60,15 +64,15 @@ def make_train_step(model, tx):
         view_key, dropout_key = step_keys(state)
 
         def loss_fn(params):
-            variables = {"params": params, "batch_stats": state.batch_stats}
-            (loss, metrics, _), new = model.apply(variables, batch, view_key, step=state.step, train=True,
-                                                  plan=plan, rngs={"dropout": dropout_key}, mutable=["batch_stats"])
-            return loss, (metrics, new.get("batch_stats", {}))
+            variables = {"params": params, "batch_stats": state.batch_stats, **state.extra}
+            (loss, metrics, _), new = model.apply(variables, batch, view_key, step=state.step, train=True, plan=plan,
+                                                  rngs={"dropout": dropout_key}, mutable=["batch_stats", *state.extra])
+            return loss, (metrics, new)
 
-        (loss, (metrics, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (metrics, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=batch_stats,
-                              opt_state=opt_state, step=state.step + 1)
+        state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=new.get("batch_stats", {}),
+                              opt_state=opt_state, step=state.step + 1, extra={k: new[k] for k in state.extra})
         return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(train_step, donate_argnums=0, static_argnums=2)
@@ -80,7 +84,7 @@ def make_eval_step(model):
 
     def eval_step(state, batch, plan):
         view_key, _ = step_keys(state)
-        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        variables = {"params": state.params, "batch_stats": state.batch_stats, **state.extra}
         loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False, plan=plan)
         return {**metrics, "loss": loss}, outputs
 
@@ -157,7 +161,7 @@ MODES = CLASSIFIER_MODES + ("pretrain", "evaluate")
 def build_model(config):
     """The objective module of a run: the classifier for supervised / finetune / probe, the config's
     pretraining objective for pretrain."""
-    from jetjax import finetune, objectives
+    from jetjax import finetune
     from jetjax.data.classes import task_scheme
     from jetjax.models.part import ParT
 
@@ -171,7 +175,7 @@ def build_model(config):
     settings = {k: v for k, v in config.objective.items() if k != "name"}
     if config.objective.name == "supervised":
         raise ValueError("config.objective.name='supervised' is not a pretraining objective; "
-                         "use mode='supervised' or one of supcon, jetclr, mpm, clipvae")
+                         "use mode='supervised' or one of supcon, jetclr, mpm, clipvae, vicreg, simsiam, moco")
     return objectives.build(config.objective.name, encoder, config.data.feature_set, config.data.num_particles,
                             **settings)
 
@@ -406,6 +410,7 @@ def fit(config, workdir):
     report = DataReport()
     data = data_settings(config, workdir)
     model = objectives.prepare(model, workdir, data, config.seed)
+    knn, knn_samples = knn_validation.knn_settings(config), knn_validation.probe_samples(config, data, batch_size)
     sampler = pipeline.training_sampler(**data, batch_size=batch_size, epoch_size=config.data.epoch_size,
                                         seed=config.seed, report=report, length_window=config.data.length_grouping,
                                         workers=config.data.workers, label_budget=config.data.get("label_budget", 0),
@@ -429,6 +434,8 @@ def fit(config, workdir):
     train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
     layout = layout_settings(config)
     feeder = Feeder(model, mesh, config.data.num_particles, layout)
+    embed_step, bare_feeder = knn_validation.make_embed_step(model), Feeder(
+        objectives.EncoderLengths(), mesh, config.data.num_particles, layout)
     class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     try:
@@ -460,6 +467,10 @@ def fit(config, workdir):
                     **data, num_jets=config.data.val_size, batch_size=batch_size, seed=config.seed + 1),
                     batch_size, layout.eval_window)
                 name, value, higher_is_better = selection_value(config, validation, class_names)
+                if knn_samples:
+                    embedded = [run_eval(state, embed_step, bare_feeder, iter(sample), batch_size, layout.eval_window,
+                                         keep_embeddings=len(sample) * batch_size) for sample in knn_samples]
+                    validation["metrics"].update(knn_validation.knn_metrics(*embedded, knn.k, len(class_names)))
                 log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans)})
                 best = record["best"]
                 improved = best is None or (value > best if higher_is_better else value < best)

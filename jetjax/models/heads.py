@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax.models.layers import LN_EPS, Block, Dropout, torch_linear_init
+from jetjax.models.layers import LN_EPS, Block, Dropout, MaskedBatchNorm, torch_linear_init
 from jetjax.models.layout import DenseLayout
 
 
@@ -58,6 +58,22 @@ class ProjectionHead(nn.Module):
     def __call__(self, z):
         z = nn.relu(nn.Dense(self.hidden, kernel_init=torch_linear_init, name="hidden")(z))
         return nn.Dense(self.features, kernel_init=torch_linear_init, name="out")(z)
+
+
+class MLPHead(nn.Module):
+    """The projectors and predictors of VICReg, SimSiam and MoCo v3: for each hidden width Dense -> BatchNorm
+    -> ReLU, then a Dense of the last width (the output, not normalised). BatchNorm as the encoder's
+    (PyTorch running averages) over the jets of the batch."""
+
+    widths: tuple
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        every_jet = jnp.ones(x.shape[:-1], bool)
+        for i, width in enumerate(self.widths[:-1]):
+            x = nn.Dense(width, kernel_init=torch_linear_init, name=f"hidden_{i}")(x)
+            x = nn.relu(MaskedBatchNorm(name=f"norm_{i}")(x, every_jet, train))
+        return nn.Dense(self.widths[-1], kernel_init=torch_linear_init, name="out")(x)
 
 
 def sinusoidal_positions(slots, width):
