@@ -198,8 +198,9 @@ def build(name: str, encoder: nn.Module, feature_set: str = "kin", num_particles
         return objectives_tokens.build(name, encoder, feature_set, num_particles, **settings)
     if name in objectives_siamese.OBJECTIVES:
         return objectives_siamese.build(name, encoder, num_particles, **settings)
-    raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); choose one of supervised, supcon, "
-                     f"jetclr, mpm, clipvae, {', '.join(objectives_tokens.NAMES + tuple(objectives_siamese.OBJECTIVES))}")
+    known = ("supervised", "supcon", "jetclr", "mpm", "clipvae") + objectives_tokens.NAMES + tuple(
+        objectives_siamese.OBJECTIVES)
+    raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); choose one of {', '.join(known)}")
 
 
 def prepare(model, workdir, data, seed):
