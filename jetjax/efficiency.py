@@ -60,12 +60,6 @@ def _check_settings(config):
     wrong = [k for k in eff.pretrain_data if k not in config.data]
     if wrong:
         raise ValueError(f"efficiency.pretrain_data.{wrong[0]} is not a key of config.data")
-    for method in eff.methods:
-        finetune_method = METHODS[method][1]
-        if finetune_method not in (None, "full") and "finetune" not in config:
-            raise ValueError(f"efficiency.methods names {method!r}, which needs config.finetune.method="
-                             f"{finetune_method!r} (the frozen-backbone fine-tuning modes); this config has no "
-                             "finetune section: drop the method or use a jetjax with them")
 
 
 def pretrain_config(config):

@@ -58,7 +58,7 @@ def worker_command(setup, name, workdir, stop_step):
     return command + ([] if stop_step is None else [str(stop_step)])
 
 
-def one_process(setup, name, workdir=None, stop_step=None, timeout=480):
+def one_process(setup, name, workdir=None, stop_step=None, timeout=900):
     """The worker alone (no jax.distributed): a plain one-process, one-device run."""
     tmp, env = setup
     subprocess.run(worker_command(setup, name, workdir, stop_step), env={**os.environ, **env}, check=True,
@@ -66,7 +66,7 @@ def one_process(setup, name, workdir=None, stop_step=None, timeout=480):
     return tmp / f"{name}_out"
 
 
-def two_processes(setup, name, workdir=None, stop_step=None, timeout=480):
+def two_processes(setup, name, workdir=None, stop_step=None, timeout=900):
     tmp, env = setup
     logs = tmp / f"{name}_logs"
     launch.wait(launch.start(worker_command(setup, name, workdir, stop_step), 2, logs, env=env), logs, timeout)

@@ -173,7 +173,7 @@ def tiny(tmp_path_factory):
     run = write_run(tmp_path_factory.mktemp("tiny") / "run", config, variables)
     jets = concatenate(massive_jets((16, 9, 1), TINY_SLOTS), jetclass2_jets(TINY_SLOTS))
     assert (jets[2][3:].sum(1) == TINY_SLOTS).mean() > 0.9
-    model = ParT(num_classes=7, **config.model)
+    model = train.build_model(config).encoder   # the run's ParT, its compute dtype resolved
     return run, variables, jets, {jit: jetjax_outputs(model, variables, jets, jit) for jit in (False, True)}
 
 
@@ -236,7 +236,7 @@ def test_pretraining_run_exports_its_representation(tmp_path):
         export.export(run, "stablehlo", tmp_path / "scores.stablehlo")
     path = exported(run, "stablehlo", tmp_path / "z.stablehlo", outputs=("z",))
     jets = massive_jets((16, 5), TINY_SLOTS)
-    z = jax.jit(ParT(num_classes=None, **config.model).apply)(variables, *jets)["z"]
+    z = jax.jit(train.build_model(config).encoder.apply)(variables, *jets)["z"]
     np.testing.assert_allclose(export.load_stablehlo(path)(*jets)[0], z, atol=TOL)
 
 
