@@ -7,7 +7,7 @@ from ml_collections import config_dict
 
 from jetjax.data.readers import CONFIG_COLUMNS
 from jetjax.knn_validation import KNN_DEFAULTS
-from jetjax.train import LAYOUT_DEFAULTS
+from jetjax.feeding import LAYOUT_DEFAULTS
 
 
 def get_config():
@@ -58,7 +58,7 @@ def get_config():
         unfreeze_blocks=2,                        # last_k: the last k particle blocks train (+ class blocks)
         head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
     ))
-    c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.train
+    c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.feeding
     c.knn = ml_collections.ConfigDict(KNN_DEFAULTS)  # pretraining: kNN probe at each validation (jetjax.knn_validation)
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)

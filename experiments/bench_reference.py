@@ -8,8 +8,8 @@ The jets: a JetClass-II-format folder (`--data`, e.g. made by `python -m jetjax.
 Pythia-simulated jets of the study's classes written to `--cache` (needs the `sim` extra; the synthetic
 generator when it is absent), read through jetjax's own pipeline and fed identically to both: training
 batches from the stratified sampler, inference batches from the natural test stream (multiplicities
-printed). jetjax runs exactly what `fit` runs: `train.run_steps` over the `train.Feeder` (slot buckets,
-packed layouts, device placement ahead of the step, no host synchronisation per step) and `train.run_eval`
+printed). jetjax runs exactly what `fit` runs: `train.run_steps` over the `feeding.Feeder` (slot buckets,
+packed layouts, device placement ahead of the step, no host synchronisation per step) and `feeding.run_eval`
 (jets grouped by multiplicity within windows, scores back in stream order). weaver runs its model as its
 training loop does (its SequenceTrimmer on, torch.autocast for bfloat16 on a GPU; `--weaver-compile`:
 torch.compile of the model, weaver's `compile_model=True`). Each framework runs in a process of its own (all
@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from configs import supervised_part
-from jetjax import optim, parallel, train
+from jetjax import feeding, optim, parallel, train
 from jetjax.data import pipeline, synthetic
 
 
@@ -69,8 +69,8 @@ class Jetjax:
         tx = optim.make_optimizer(10_000, **config.optimizer)
         self.state = parallel.replicate(train.init_state(self.model, tx, example, jax.random.key(0)), self.mesh)
         self.train_step, self.eval_step = train.make_train_step(self.model, tx), train.make_eval_step(self.model)
-        layout = train.layout_settings(config)
-        self.feeder = train.Feeder(self.model, self.mesh, config.data.num_particles, layout)
+        layout = feeding.layout_settings(config)
+        self.feeder = feeding.Feeder(self.model, self.mesh, config.data.num_particles, layout)
         self.batch, self.window = config.train.batch_size, layout.eval_window
 
     def train(self, batches):
@@ -79,7 +79,7 @@ class Jetjax:
         jax.block_until_ready(metrics)
 
     def infer(self, batches):
-        train.run_eval(self.state, self.eval_step, self.feeder, batches, self.batch, self.window)
+        feeding.run_eval(self.state, self.eval_step, self.feeder, batches, self.batch, self.window)
 
 
 class Weaver:

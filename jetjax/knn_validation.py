@@ -39,7 +39,7 @@ def probe_samples(config, data, batch_size):
 
 def make_embed_step(model):
     """state, batch, plan -> ({}, {'z': the representation}): the encoder of the objective `model` alone, eval
-    mode (the evaluation step's form, for train.run_eval with a Feeder of the bare jets' lengths)."""
+    mode (the evaluation step's form, for feeding.run_eval with a Feeder of the bare jets' lengths)."""
 
     def embed_step(state, batch, plan):
         variables = {"params": state.params["encoder"], "batch_stats": state.batch_stats["encoder"]}

@@ -5,7 +5,7 @@
 
 The files are read as the run was trained (its feature set and particle slots; their own column names and
 tree in config.data.columns / config.data.tree, labels not needed), chunk by chunk (`predict.chunk_size` jets),
-through the engine's evaluation path (train.run_eval: Feeder, slot buckets, packed layouts), and each chunk is
+through the engine's evaluation path (feeding.run_eval: Feeder, slot buckets, packed layouts), and each chunk is
 written as soon as it is scored, so neither input nor output is ever held whole. Output (parquet, or ROOT tree
 `predictions` via uproot when `out` ends in .root), one row per scored jet: `file` (the input path), `row` (the
 jet's row in that file), the `predict.carry` columns copied from the input, `score_<class>` (softmax) and, with
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from jetjax import parallel, train
+from jetjax import feeding, parallel, train
 from jetjax.data import features, pipeline
 from jetjax.data.classes import task_scheme
 from jetjax.data.readers import LABEL_COLUMN, DataError, DataReport, MissingColumnError, discover_files, read_chunks
@@ -112,11 +112,11 @@ def chunk_predictions(chunk, scorer, scheme, embeddings):
 
 
 def make_scorer(state, eval_step, feeder, feature_set, num_particles, batch_size, window, embeddings, report):
-    """chunk -> train.run_eval's result (scores, embeddings) for its jets, in order."""
+    """chunk -> feeding.run_eval's result (scores, embeddings) for its jets, in order."""
     def score(chunk):
         batch = features.to_batch(chunk, np.zeros(len(chunk), np.int32), feature_set, num_particles, report)
         batches = ({k: v[i:i + batch_size] for k, v in batch.items()} for i in range(0, len(chunk), batch_size))
-        return train.run_eval(state, eval_step, feeder, batches, batch_size, window,
+        return feeding.run_eval(state, eval_step, feeder, batches, batch_size, window,
                               keep_embeddings=len(chunk) if embeddings else 0)
     return score
 
@@ -137,9 +137,9 @@ def run(config):
     data.feature_set = feature_set
     column_map = pipeline.column_map(data)
     column_map = dataclasses.replace(column_map, renamed=column_map.renamed + ((LABEL_COLUMN, ""),))  # labels unused
-    layout = train.layout_settings(run_config)
+    layout = feeding.layout_settings(run_config)
     report, failed, written = DataReport(), [], 0
-    scorer = make_scorer(state, train.make_eval_step(model), train.Feeder(model, mesh, run_config.data.num_particles,
+    scorer = make_scorer(state, train.make_eval_step(model), feeding.Feeder(model, mesh, run_config.data.num_particles,
                                                                           layout),
                          feature_set, run_config.data.num_particles, batch_size, layout.eval_window,
                          settings.embeddings, report)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from jetjax import devices, train
+from jetjax import devices, feeding, train
 
 
 PORTABLE_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
@@ -109,7 +109,7 @@ def test_the_engine_train_step_lowers_for_tpu_without_platform_kernels():
     tx = optim.make_optimizer(100, **config.optimizer)
     batch = {k: np.asarray(v) for k, v in toy_jets(batch=4, slots=16, lengths=(16, 9, 3, 1)).items()}
     state = jax.eval_shape(lambda: train.init_state(model, tx, batch, jax.random.key(0)))
-    batch, plan = train.Feeder(model, parallel.data_mesh(), 16, train.layout_settings(config)).prepare(batch)
+    batch, plan = feeding.Feeder(model, parallel.data_mesh(), 16, feeding.layout_settings(config)).prepare(batch)
     assert plan is not None  # the packed layout
     exported = jax.export.export(train.make_train_step(model, tx), platforms=["tpu"])(state, batch, plan)
     assert exported.platforms == ("tpu",)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jetjax import objectives, parallel, train
+from jetjax import feeding, objectives, parallel, train
 from jetjax.data import pipeline, synthetic
 from jetjax.models.part import ParT
 
@@ -24,9 +24,9 @@ def dataset(tmp_path_factory):
 
 def feeder(model, packed, slot_multiple):
     """A Feeder with packing on or off; slot_multiple=SLOTS computes every batch on all P slots."""
-    layout = ml_collections.ConfigDict({**train.LAYOUT_DEFAULTS, "packed": packed, "groups": 3,
+    layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "packed": packed, "groups": 3,
                                         "slot_multiple": slot_multiple})
-    return train.Feeder(model, parallel.data_mesh(), SLOTS, layout)
+    return feeding.Feeder(model, parallel.data_mesh(), SLOTS, layout)
 
 
 def tiny_classifier():
@@ -70,7 +70,7 @@ def test_evaluation_is_bucketed_exactly_and_in_stream_order(dataset):
     direct = [apply(b) for b in batches]
     scores = np.concatenate([jax.nn.softmax(o["logits"]) for o in direct])
     embeddings = np.concatenate([o["z"] for o in direct])
-    result = train.run_eval(state, eval_step, feeder(model, True, 8), iter(batches), 50, window=4,
+    result = feeding.run_eval(state, eval_step, feeder(model, True, 8), iter(batches), 50, window=4,
                             keep_embeddings=120)
     np.testing.assert_array_equal(result["labels"], np.concatenate([b["label"] for b in batches]))
     np.testing.assert_allclose(result["scores"], scores, atol=2e-5)

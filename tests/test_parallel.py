@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from conftest import toy_jets
     import optax
-    from jetjax import objectives, parallel, train
+    from jetjax import feeding, objectives, parallel, train
     from jetjax.models.part import ParT
 
     assert jax.device_count() == 2, jax.devices()
@@ -39,9 +39,9 @@ SCRIPT = textwrap.dedent("""
         runs = {}
         for mesh_name, mesh in (("1", one_device), ("2", parallel.data_mesh())):
             for packed in (False, True):
-                layout = ml_collections.ConfigDict({**train.LAYOUT_DEFAULTS, "packed": packed, "groups": 2,
+                layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "packed": packed, "groups": 2,
                                                     "slot_multiple": 4})
-                feeder = train.Feeder(model, mesh, 16, layout)
+                feeder = feeding.Feeder(model, mesh, 16, layout)
                 state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
                 losses, plans = [], []
                 for device_batch, plan, _ in feeder(batches):
