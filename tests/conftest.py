@@ -4,6 +4,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jetjax import physics
@@ -50,3 +51,31 @@ def toy_jets(seed=0, batch=5, slots=32, lengths=(32, 20, 9, 3, 1), num_classes=3
             "vectors": jnp.asarray(v), "mask": jnp.asarray(mask), "jet": jnp.asarray(jet),
             "pid": jnp.asarray(rng.integers(0, 8, (batch, slots)) * mask, jnp.int32),
             "label": jnp.asarray(label, jnp.int32)}
+
+
+def adam_steps(model, data, steps, learning_rate=3e-3):
+    """(params, batch_stats, metrics of every step, `loss` included) of `steps` Adam steps of the objective
+    `model` cycling over the batches `data`."""
+    variables = jax.jit(model.init)(jax.random.key(0), data[0], jax.random.key(1))
+    tx = optax.adam(learning_rate)
+    params, stats = variables["params"], variables.get("batch_stats", {})
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, stats, opt_state, batch, i):
+        key = jax.random.fold_in(jax.random.key(2), i)
+
+        def loss_fn(p):
+            (loss, metrics, _), new = model.apply({"params": p, "batch_stats": stats}, batch, key, step=i,
+                                                  train=True, rngs={"dropout": key}, mutable=["batch_stats"])
+            return loss, ({**metrics, "loss": loss}, new["batch_stats"])
+
+        (_, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, metrics
+
+    history = []
+    for i in range(steps):
+        params, stats, opt_state, metrics = step(params, stats, opt_state, data[i % len(data)], i)
+        history.append(jax.device_get(metrics))
+    return params, stats, history

@@ -2,10 +2,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-from conftest import toy_jets
+from conftest import adam_steps, toy_jets
 from jetjax import objectives
 from jetjax.models.part import ParT
 
@@ -49,28 +48,7 @@ def test_unknown_objective_names_the_key():
 def test_short_training_lowers_the_loss(name):
     model = build(name)
     data = [toy_jets(seed, batch=32, slots=16, lengths=None) for seed in range(4)]
-    variables = model.init(jax.random.key(0), data[0], jax.random.key(1))
-    tx = optax.adam(3e-3)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, stats, opt_state, batch, i):
-        key = jax.random.fold_in(jax.random.key(2), i)
-
-        def loss_fn(p):
-            (loss, metrics, _), new = model.apply({"params": p, "batch_stats": stats}, batch, key, step=i,
-                                                  train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-            return loss, new["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    history = []
-    for i in range(200):
-        params, stats, opt_state, loss = step(params, stats, opt_state, data[i % len(data)], i)
-        history.append(float(loss))
+    history = [float(m["loss"]) for m in adam_steps(model, data, 200)[2]]
     assert np.all(np.isfinite(history))
     first, last = np.mean(history[:20]), np.mean(history[-20:])
     # 10%: the contrastive losses cannot fall far on 3 toy classes (SupCon's floor is about ln(#positives)

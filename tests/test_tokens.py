@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
 from sklearn.cluster import KMeans
 
 from configs import mpm_kmeans, mpm_vq, study_quickstart, vqvae
-from conftest import toy_jets
+from conftest import adam_steps, toy_jets
 from jetjax import objectives, objectives_tokens, study, tokenizers, train, vq
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import synthetic
@@ -30,33 +29,6 @@ def build(name, **settings):
     return objectives.build(name, ParT(num_classes=None, **TINY), "kin", 16, **settings)
 
 
-def train_steps(model, data, steps, learning_rate=3e-3):
-    """(params, batch_stats, metrics of every step) of `steps` Adam steps cycling over `data`."""
-    variables = jax.jit(model.init)(jax.random.key(0), data[0], jax.random.key(1))
-    tx = optax.adam(learning_rate)
-    params, stats = variables["params"], variables.get("batch_stats", {})
-    opt_state = tx.init(params)
-
-    @jax.jit
-    def step(params, stats, opt_state, batch, i):
-        key = jax.random.fold_in(jax.random.key(2), i)
-
-        def loss_fn(p):
-            (loss, metrics, _), new = model.apply({"params": p, "batch_stats": stats}, batch, key, step=i,
-                                                  train=True, rngs={"dropout": key}, mutable=["batch_stats"])
-            return loss, (metrics, new["batch_stats"])
-
-        (_, (metrics, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, metrics
-
-    history = []
-    for i in range(steps):
-        params, stats, opt_state, metrics = step(params, stats, opt_state, data[i % len(data)], i)
-        history.append(jax.device_get(metrics))
-    return params, stats, history
-
-
 def toy_particles(seeds=range(4)):
     batches = [toy_jets(s, batch=32, slots=16, lengths=None) for s in seeds]
     return batches, np.concatenate([np.asarray(b["features"])[np.asarray(b["mask"])] for b in batches])
@@ -66,7 +38,7 @@ def test_vqvae_reconstruction_falls_and_most_codes_are_used():
     # the EMA codebook (the default); the gradient codebook's updates are checked step by step below
     model = build("vqvae", codebook_update="ema", dead_code_steps=10, **TOKENIZER)
     data, _ = toy_particles()
-    params, stats, history = train_steps(model, data, 100)
+    params, stats, history = adam_steps(model, data, 100)
     reco = [float(m["reco"]) for m in history]
     assert np.all(np.isfinite(reco)) and np.mean(reco[-10:]) < 0.3 * np.mean(reco[:10]), reco[::10]
     assert sum(float(m["restarted_codes"]) for m in history) > 0  # dead codes came back
@@ -191,7 +163,7 @@ def test_token_targets_of_masked_particles_never_reach_the_encoder():
 
 def test_mpm_with_tokens_trains():
     data, _ = toy_particles()
-    _, _, history = train_steps(token_models()["mpm_kmeans"], data, 60, learning_rate=5e-3)
+    _, _, history = adam_steps(token_models()["mpm_kmeans"], data, 60, learning_rate=5e-3)
     loss = [float(m["token_cross_entropy"]) for m in history]
     assert np.all(np.isfinite(loss)) and np.mean(loss[-10:]) < 0.8 * np.mean(loss[:10]), loss[::10]
 
