@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from jetjax import metrics, study
-from jetjax.report import format_value
+from jetjax.report import format_value, pipe_table
 
 METHODS = {"scratch": ("supervised", None), "probe": ("probe", None), "finetune": ("finetune", "full"),
            "adapter": ("finetune", "adapter")}
@@ -154,9 +154,7 @@ def write_report(runs, out):
              + [format_value(r[f"{k}{s}"], 3) for k in METRICS for s in ("", "_std")] for r in rows]
     gains = gain_over_scratch(rows)
     caption = "Data efficiency: test metrics against the number of labelled training jets (mean and std over seeds)."
-    markdown = "\n".join([caption, "", "| " + " | ".join(columns) + " |",
-                          "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
-                         + ["| " + " | ".join(c) + " |" for c in cells] + [""] + [f"- {g}" for g in gains]) + "\n"
+    markdown = pipe_table(caption, columns, cells) + "".join(f"\n- {g}" for g in gains) + "\n"
     (out / "efficiency.md").write_text(markdown)
     with open(out / "efficiency.csv", "w", newline="") as f:
         csv.writer(f).writerows([columns] + cells)

@@ -4,10 +4,11 @@
 it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
 checkpoint on the natural test stream), predict (a trained classifier's scores for new files: jetjax.predict),
 study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study)
-or efficiency (classifiers from scratch and on a pretrained encoder against the number of labelled jets,
-several seeds: jetjax.efficiency). Misspelt keys and wrongly typed overrides fail before any work.
+efficiency (classifiers from scratch and on a pretrained encoder against the number of labelled jets,
+several seeds: jetjax.efficiency) or scaling (one objective pretrained at several model sizes, a power law of
+the validation loss in the parameters, a classifier fine-tuned per size: jetjax.scaling). Misspelt keys and wrongly typed overrides fail before any work.
 
-A study or efficiency study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR
+A study, efficiency or scaling study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR
 names another folder): its fine-tuning runs share one program, and a continued study compiles nothing twice.
 """
 from pathlib import Path
@@ -16,8 +17,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import efficiency, parallel, predict, study, train
+from jetjax import efficiency, parallel, predict, scaling, study, train
 
+STUDIES = {"study": study, "efficiency": efficiency, "scaling": scaling}
+"""Modes that run several runs, and their modules."""
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file in configs/.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (default: runs/<config file name>).")
 
@@ -29,10 +32,10 @@ def main(argv):
     name = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"
     parallel.initialize_distributed()
-    if config.mode in ("study", "efficiency"):
+    if config.mode in STUDIES:
         if not jax.config.jax_compilation_cache_dir:  # set before anything compiles
             jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "xla_cache"))
-        (study if config.mode == "study" else efficiency).run(config, workdir)
+        STUDIES[config.mode].run(config, workdir)
     elif config.mode == "evaluate":
         train.evaluate(config, workdir)
     elif config.mode == "predict":

@@ -75,12 +75,16 @@ def _formatted_rows(table):
     return [[row[0]] + [format_value(v, table["decimals"]) for v in row[1:]] for row in table["rows"]]
 
 
+def pipe_table(caption, columns, cells):
+    """Markdown: the caption, then a pipe table of formatted `cells` (first column left-aligned, others right)."""
+    lines = [caption, "", "| " + " | ".join(columns) + " |", "|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(table):
     """The table as Markdown: its caption, then a pipe table."""
-    lines = [table["caption"], "", "| " + " | ".join(table["columns"]) + " |",
-             "|" + "|".join(["---"] + ["---:"] * (len(table["columns"]) - 1)) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in _formatted_rows(table)]
-    return "\n".join(lines) + "\n"
+    return pipe_table(table["caption"], table["columns"], _formatted_rows(table))
 
 
 def write_tables(results, folder, titles=None):

@@ -48,8 +48,8 @@ def stage_title(stage):
     return f"{title}, pretrained encoder" if stage.endswith("_pretrain") else title
 
 
-STUDY_SECTIONS = ("study", "efficiency")
-"""Config sections that describe several runs (jetjax.study, jetjax.efficiency), never one run."""
+STUDY_SECTIONS = ("study", "efficiency", "scaling")
+"""Config sections that describe several runs (jetjax.study, jetjax.efficiency, jetjax.scaling), never one run."""
 
 
 def run_config(config, mode, epochs):

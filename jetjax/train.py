@@ -117,7 +117,7 @@ def build_model(config):
 
     mode = config.mode
     if mode not in MODES:
-        raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', which runs several)")
+        raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', 'efficiency', 'scaling', which run several)")
     model_settings = {**config.model, "dtype": devices.compute_dtype(config.model.dtype, jax.default_backend())}
     if mode in CLASSIFIER_MODES or mode == "evaluate":
         return finetune.classifier(config, ParT, model_settings, task_scheme(config.data).num_classes)

@@ -1,24 +1,16 @@
-"""The model-size ladder (configs/sizes.py): parameter counts from jax.eval_shape (nothing is allocated)
-equal those of weaver-core's ParticleTransformer built with the same settings (on PyTorch's meta device), the
+"""The model-size ladder (jetjax/models/sizes.py): encoder parameter counts from jax.eval_shape (nothing is
+allocated) equal those of weaver-core's ParticleTransformer built with the same settings and no head (on
+PyTorch's meta device), the
 reference rung is the ParT of the JetClass paper, and the ladder climbs to ~200M parameters."""
-import jax
-import numpy as np
 import pytest
 
-from configs import base, sizes
+from configs import base
 from jetjax import train
+from jetjax.models import sizes
 
-NUM_CLASSES = 7
 
-
-def jetjax_parameters(name):
-    c = sizes.with_size(base.get_config(), name)
-    c.data.num_particles = 16
-    model = train.build_model(c).encoder
-    batch = train.example_batch(c, 1)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), batch["features"], batch["vectors"],
-                                               batch["mask"], train=False))
-    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
+def jetjax_parameters(name, channels):
+    return sizes.encoder_parameters(sizes.with_size(base.get_config(), name).model, channels)
 
 
 def weaver_parameters(settings, channels):
@@ -26,16 +18,16 @@ def weaver_parameters(settings, channels):
     weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer", reason="needs weaver-core (extra 'compare')")
     with torch.device("meta"):
         model = weaver.ParticleTransformer(
-            input_dim=channels, num_classes=NUM_CLASSES, pair_input_dim=4, use_pre_activation_pair=False,
+            input_dim=channels, num_classes=None, pair_input_dim=4, use_pre_activation_pair=False,
             embed_dims=list(settings["embed_dims"]), pair_embed_dims=list(settings["pair_embed_dims"]),
-            num_heads=settings["num_heads"], num_layers=settings["num_layers"], num_cls_layers=2, fc_params=[],
+            num_heads=settings["num_heads"], num_layers=settings["num_layers"], num_cls_layers=2, fc_params=None,
             activation="gelu")
     return sum(p.numel() for p in model.parameters())
 
 
 def test_ladder_parameter_counts_match_weaver_and_reach_200m():
     channels = train.example_batch(base.get_config(), 1)["features"].shape[-1]
-    counts = {name: jetjax_parameters(name) for name in sizes.SIZES}
+    counts = {name: jetjax_parameters(name, channels) for name in sizes.SIZES}
     for name, settings in sizes.SIZES.items():
         assert counts[name] == weaver_parameters(settings, channels), name
     assert list(counts.values()) == sorted(counts.values())

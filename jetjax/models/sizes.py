@@ -3,14 +3,17 @@ embedding ends at E, the blocks' feed-forward layers are 4E wide), depth (partic
 blocks throughout), heads (head width 16 for the reference, 32-64 above) and the pair-embedding MLP widths
 (whose last layer gives one bias per head). Parameter counts: tests/test_sizes.py computes them (and checks
 them against weaver-core's ParticleTransformer); memory per jet, throughput and the recommended batch per
-device: experiments/bench_sizes.py, figures in the README section on scaling.
+device: experiments/bench_sizes.py, figures in docs/scaling.md. configs/sizes.py trains one size:
 
     python -m jetjax.main --config configs/sizes.py:m --config.data.root=...     (supervised, size m)
 
 Other configs take a size with `sizes.with_size(c, name)`; `micro` and `mini` are CPU-sized rungs below the
-reference for the scaling study on a laptop.
+reference for the scaling study (jetjax.scaling) on a laptop.
 """
-from configs import base
+import jax
+import numpy as np
+
+from jetjax.models.part import ParT
 
 SIZES = {
     "micro": dict(embed_dims=(32, 128, 32), pair_embed_dims=(16, 16), num_heads=2, num_layers=2),
@@ -27,10 +30,15 @@ SIZES = {
 def with_size(c, name):
     """Config `c` with the encoder of size `name` (a key of SIZES)."""
     if name not in SIZES:
-        raise ValueError(f"model size {name!r} is not one of {list(SIZES)} (configs/sizes.py)")
+        raise ValueError(f"model size {name!r} is not one of {list(SIZES)} (jetjax/models/sizes.py)")
     c.model.update(SIZES[name])
     return c
 
 
-def get_config(name="part"):
-    return with_size(base.get_config(), name)
+def encoder_parameters(model_settings, num_features):
+    """Trainable parameters of the ParT encoder built from `model_settings` (config.model) for particles of
+    `num_features` input features: jax.eval_shape, nothing is allocated; no head (num_classes=None)."""
+    encoder = ParT(num_classes=None, **{**model_settings, "dtype": np.float32})
+    features, vectors, mask = np.zeros((1, 16, num_features)), np.zeros((1, 16, 4)), np.zeros((1, 16), bool)
+    shapes = jax.eval_shape(lambda: encoder.init(jax.random.key(0), features, vectors, mask, train=False))
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
