@@ -6,13 +6,21 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def manager_options(name):
+    """One checkpoint kept; the manager's own prefix for orbax's cross-process barriers: both managers save
+    asynchronously at the same step (an epoch that improves), and barrier names are otherwise made of the
+    step alone, so with several processes the second save found the first's barrier "already ongoing"."""
+    barriers = ocp.options.MultiprocessingOptions(barrier_sync_key_prefix=f"jetjax_{name}")
+    return ocp.CheckpointManagerOptions(max_to_keep=1, create=True, multiprocessing_options=barriers)
+
+
 class Checkpoints:
     """`workdir/checkpoints/{latest,best}`, one checkpoint kept in each."""
 
     def __init__(self, workdir):
         root = Path(workdir).absolute() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-        self.managers = {name: ocp.CheckpointManager(root / name, options=options) for name in ("latest", "best")}
+        self.managers = {name: ocp.CheckpointManager(root / name, options=manager_options(name))
+                         for name in ("latest", "best")}
 
     def save(self, which, step, state, record):
         """Save `state` (a pytree) and `record` (JSON-serialisable dict) as checkpoint `which` at `step`."""

@@ -69,6 +69,13 @@ def pad_batch(batch, size):
     return {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
 
 
+def softmax(logits):
+    """Softmax over the last axis in float64, on the host (a jax call would compile for every batch length)."""
+    shifted = np.asarray(logits, np.float64)
+    shifted = np.exp(shifted - shifted.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddings=0):
     """Mean metrics over `batches` (global batches of at most `batch_size` jets) and, for classifiers, the
     softmax scores and labels of every jet and the first `keep_embeddings` representations, all in the
@@ -90,7 +97,7 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
             count += n
             part = {"position": position[real]}
             if "logits" in outputs:
-                part["scores"] = jax.nn.softmax(outputs["logits"][real].astype(np.float64), axis=-1)
+                part["scores"] = softmax(outputs["logits"][real])
             kept = real & (position < keep_embeddings)
             part["embeddings"] = outputs["z"][kept]
             part["embedding_position"] = position[kept]

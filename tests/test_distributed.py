@@ -124,9 +124,6 @@ def test_checkpoint_saved_by_two_processes_resumes_in_one(setup, reference):
 
 
 @pytest.mark.slow  # 3 runs of 1-2 processes, each compiling: ~1.5 min of CPU
-@pytest.mark.xfail(strict=False, reason="known race, not yet understood: on a loaded 2-core machine process 0 of "
-                   "the resumed 2-process run sometimes misses jax.distributed's 300 s shutdown barrier after "
-                   "training (it passed on a quieter machine); the 2 -> 1 restore test passes")
 def test_checkpoint_saved_by_one_process_resumes_in_two_which_evaluate_every_test_jet_once(setup, reference):
     tmp, _ = setup
     saved = one_process(setup, "one_then_two", stop_step=3)
