@@ -11,13 +11,10 @@ the difference of the means against the spread over seeds.
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from configs import quickstart  # noqa: E402
-from jetjax import train  # noqa: E402
+from configs import quickstart
+from jetjax import train
 
 
 def config_for(data, seed, window, epochs, epoch_size):

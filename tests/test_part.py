@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.special
 
 from jetjax.models.part import ParT
 
@@ -85,6 +86,45 @@ def test_training_updates_running_statistics_from_real_particles_only():
     running = stats["batch_stats"]["embed"]["input_bn"]
     np.testing.assert_allclose(running["mean"], 0.1 * real.mean(0), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(running["var"], 0.9 + 0.1 * real.var(0, ddof=1), rtol=1e-4)
+
+
+def test_eval_pair_embedding_with_folded_batch_norms_is_the_bn_dense_bn_gelu_mlp():
+    """Eval mode folds every BatchNorm of the pair MLP into its Dense layer: the same function as the layers one
+    by one (float64 numpy here), with non-trivial running statistics and BatchNorm parameters."""
+    from jetjax import physics
+    from jetjax.models.layout import DenseLayout
+
+    f, v, m = jets(7, slots=12)
+    model = ParT(**TINY, **NO_RANDOMNESS)
+    variables = model.init(jax.random.key(0), f, v, m)
+    rng = np.random.default_rng(1)
+    pair = jax.tree.map(np.asarray, {k: variables[k]["pair_embed"] for k in ("params", "batch_stats")})
+    for name in pair["batch_stats"]:
+        shape = pair["batch_stats"][name]["mean"].shape
+        pair["batch_stats"][name] = {"mean": rng.normal(0, 2, shape), "var": rng.uniform(0.1, 5, shape)}
+        pair["params"][name] = {"scale": rng.uniform(0.5, 2, shape), "bias": rng.normal(0, 1, shape)}
+    layers = [name for name in pair["params"] if name.startswith("dense_")]  # pair_embed_dims, then the heads
+    assert len(layers) == 3
+    for name in layers:
+        pair["params"][name]["bias"] = rng.normal(0, 0.5, pair["params"][name]["bias"].shape)
+    variables = {k: {**variables[k], "pair_embed": pair[k]} for k in ("params", "batch_stats")}
+    _, inter = model.apply(variables, f, v, m, mutable=["intermediates"])
+
+    def batch_norm(x, name):
+        stats, params = pair["batch_stats"][name], pair["params"][name]
+        return (x - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) * params["scale"] + params["bias"]
+
+    layout = DenseLayout(jnp.asarray(m))
+    (v_i, kin_i), (v_j, kin_j) = zip(*(layout.pair_rows(x) for x in (v, physics.pair_kinematics(jnp.asarray(v)))))
+    x = batch_norm(np.asarray(physics.pair_features(v_i, v_j, kin_i, kin_j), np.float64), "input_bn")
+    for n in range(len(layers)):
+        dense = pair["params"][f"dense_{n}"]
+        x = batch_norm(x @ dense["kernel"] + dense["bias"], f"bn_{n}")
+        x = 0.5 * x * (1 + scipy.special.erf(x / np.sqrt(2)))
+    expected = np.asarray(layout.pair_bias(jnp.asarray(x, jnp.float32))[0])  # one group: (B, H, S, S)
+    got = np.asarray(inter["intermediates"]["pair_bias"][0])
+    real = np.broadcast_to((m[:, None, :, None] & m[:, None, None, :]), got.shape)
+    np.testing.assert_allclose(got[real], expected[real], rtol=1e-5, atol=1e-5)
 
 
 VARIANTS = {

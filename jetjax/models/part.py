@@ -56,7 +56,8 @@ class PairEmbed(nn.Module):
     symmetric): on the layout's pair rows (every slot pair of the triangle, or the real pairs only), with
     BatchNorm statistics counting each unordered pair of real particles once. Each particle's pT, rapidity
     and phi are computed once and shared by its pairs. Features, BatchNorm and the output are float32; the
-    Dense layers run in `dtype`.
+    Dense layers run in `dtype`. In eval mode every BatchNorm is an affine map with the running statistics
+    and is folded into its Dense layer (`folded_layers`): [Dense, GELU] per pair, the same function.
     """
 
     dims: Sequence[int]
@@ -66,11 +67,36 @@ class PairEmbed(nn.Module):
     def __call__(self, vectors, layout, train):
         (v_i, kin_i), (v_j, kin_j) = zip(*(layout.pair_rows(x) for x in (vectors, physics.pair_kinematics(vectors))))
         pair_mask = layout.pair_mask
-        x = MaskedBatchNorm(name="input_bn")(physics.pair_features(v_i, v_j, kin_i, kin_j), pair_mask, train)
-        for n, width in enumerate(self.dims):
-            x = dense(width, f"dense_{n}", self.dtype)(x)
-            x = gelu(MaskedBatchNorm(name=f"bn_{n}")(x, pair_mask, train))
+        x = physics.pair_features(v_i, v_j, kin_i, kin_j)
+        if train or self.is_initializing():
+            x = MaskedBatchNorm(name="input_bn")(x, pair_mask, train)
+            for n, width in enumerate(self.dims):
+                x = dense(width, f"dense_{n}", self.dtype)(x)
+                x = gelu(MaskedBatchNorm(name=f"bn_{n}")(x, pair_mask, train))
+        else:
+            for kernel, bias in self.folded_layers():
+                x = gelu(jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype))
         return layout.pair_bias(x.astype(jnp.float32))
+
+    def folded_layers(self):
+        """[(kernel, bias)] of the eval-mode MLP with each BatchNorm, BN(x) = s x + t with s = scale /
+        sqrt(running var + eps) and t = bias - s running mean, folded into the Dense beside it: the input BN
+        into dense_0 (W -> diag(s) W, b -> b + t W), bn_n into dense_n (W -> W diag(s), b -> s b + t)."""
+        params, stats = self.variables["params"], self.variables["batch_stats"]
+
+        def affine(name):
+            s = params[name]["scale"] / jnp.sqrt(stats[name]["var"] + MaskedBatchNorm.epsilon)
+            return s, params[name]["bias"] - s * stats[name]["mean"]
+
+        layers = []
+        for n in range(len(self.dims)):
+            kernel, bias = params[f"dense_{n}"]["kernel"], params[f"dense_{n}"]["bias"]
+            if n == 0:
+                s, t = affine("input_bn")
+                kernel, bias = s[:, None] * kernel, bias + t @ kernel
+            s, t = affine(f"bn_{n}")
+            layers.append((kernel * s, bias * s + t))
+        return layers
 
 
 class ParT(nn.Module):
