@@ -289,7 +289,8 @@ def fit(config, workdir):
     from jetjax.data.readers import DataReport
 
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
-    devices.announce(model.encoder.dtype)
+    encoder = getattr(model, "encoder", None)  # None: the VQ-VAE tokenizer (float32, no representation to probe)
+    devices.announce(jnp.float32 if encoder is None else encoder.dtype)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     main = parallel.is_main_process()
@@ -301,7 +302,8 @@ def fit(config, workdir):
     report = DataReport()
     data = data_settings(config, workdir)
     model = objectives.prepare(model, workdir, data, config.seed)
-    knn, knn_samples = knn_validation.knn_settings(config), knn_validation.probe_samples(config, data, batch_size)
+    knn = knn_validation.knn_settings(config)
+    knn_samples = None if encoder is None else knn_validation.probe_samples(config, data, batch_size)
     sampler = pipeline.training_sampler(**data, batch_size=batch_size, epoch_size=config.data.epoch_size,
                                         seed=config.seed, report=report, length_window=config.data.length_grouping,
                                         workers=config.data.workers, label_budget=config.data.get("label_budget", 0),

@@ -1,6 +1,6 @@
 """Particle tokenizers and MPM with token targets: the VQ-VAE learns (reconstruction falls, most codes used) and
 its codebook state follows jetjax.vq's updates; K-means tokens are scikit-learn's and a resumed run reloads
-them; a tokenizer run's tokens are its checkpoint's; the targets of masked particles never reach the encoder;
+them; a tokenizer trained through the engine gives its best checkpoint's tokens to MPM, which trains on them; the targets of masked particles never reach the encoder;
 the token objective trains; the study trains the tokenizer before MPM with VQ-VAE tokens."""
 import functools
 import json
@@ -107,27 +107,45 @@ def test_kmeans_tokens_are_scikit_learns_and_a_resumed_run_reloads_them(tmp_path
         objectives_tokens.KMeansTokens(9, 64, "kin").load(tmp_path / "run", data, seed=0)
 
 
-def test_a_tokenizer_run_gives_the_tokens_of_its_best_checkpoint(tmp_path):
+def tiny_run(tmp_path, objective):
+    """A config of one tiny epoch on synthetic jets (16 slots) of the pretraining `objective` (a dict)."""
+    c = vqvae.get_config()
+    c.data.update(dict(root=str(tmp_path / "data"), num_particles=16, epoch_size=128, val_size=64))
+    c.model.update(dict(**TINY, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0))
+    c.objective = ml_collections.ConfigDict(objective)
+    c.train.update(dict(epochs=1, batch_size=32, log_every=2))
+    c.optimizer.warmup_steps = 0
+    c.knn.update(dict(train_jets=64, val_jets=32, k=5))
+    return c
+
+
+def test_a_tokenizer_trained_by_the_engine_gives_the_tokens_of_its_best_checkpoint_to_mpm(tmp_path):
+    synthetic.write_dataset(tmp_path / "data", jets_per_group=400, seed=3)
+    record = train.fit(tiny_run(tmp_path, dict(name="vqvae", **TOKENIZER)), tmp_path / "tokenizer")
+    assert record["epoch"] == 1 and record["selection"] == "val_loss"
+    logged = [json.loads(line) for line in (tmp_path / "tokenizer" / "metrics.jsonl").read_text().splitlines()]
+    assert {"usage", "perplexity", "reco"} <= logged[-1].keys() and "knn_accuracy" not in logged[-1]
+
+    targets, num_tokens = objectives_tokens.VQVAETokens(str(tmp_path / "tokenizer"), "kin").load(None, None, 0)
+    best = train.best_checkpoint(tmp_path / "tokenizer", "test")
     model = build("vqvae", **TOKENIZER)
+    variables = jax.tree.map(jnp.asarray, {k: best[k] for k in ("params", "batch_stats")})
     batch = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4))
-    variables = jax.jit(model.init)(jax.random.key(0), batch, jax.random.key(1))
-    config = ml_collections.ConfigDict(dict(objective=dict(name="vqvae", **TOKENIZER), data=dict(feature_set="kin")))
-    (tmp_path / "config.json").write_text(config.to_json())
-    checkpoints = Checkpoints(tmp_path)
-    checkpoints.save("best", 1, {"params": variables["params"], "batch_stats": variables["batch_stats"]}, {})
-    checkpoints.wait()
-    checkpoints.close()
-    targets, num_tokens = objectives_tokens.VQVAETokens(str(tmp_path), "kin").load(None, None, 0)
     _, expected, _, _ = model.apply(variables, batch, jax.random.key(1), method=lambda m, b, k: m.tokenizer(
         b["features"], b["mask"], k)[1:])
     assert num_tokens == 32
     real = np.asarray(batch["mask"])
-    tokens = np.asarray(targets(batch["features"], batch["mask"]))
-    np.testing.assert_array_equal(tokens[real], np.asarray(expected)[real])
+    np.testing.assert_array_equal(np.asarray(targets(batch["features"], batch["mask"]))[real],
+                                  np.asarray(expected)[real])
     with pytest.raises(ValueError, match="tokenizes feature set 'kin'"):
-        objectives_tokens.VQVAETokens(str(tmp_path), "kinpid").load(None, None, 0)
+        objectives_tokens.VQVAETokens(str(tmp_path / "tokenizer"), "kinpid").load(None, None, 0)
     with pytest.raises(FileNotFoundError, match="objective.tokenizer_run"):
         objectives_tokens.VQVAETokens(str(tmp_path / "absent"), "kin").load(None, None, 0)
+
+    mpm = dict(name="mpm_vq", mask_fraction=0.3, tokenizer_run=str(tmp_path / "tokenizer"), **DECODER)
+    assert train.fit(tiny_run(tmp_path, mpm), tmp_path / "mpm_vq")["epoch"] == 1
+    validation = [json.loads(line) for line in (tmp_path / "mpm_vq" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert np.isfinite(validation["loss"]) and 0 <= validation["knn_accuracy"] <= 1
 
 
 def token_models():
