@@ -15,7 +15,6 @@ from sklearn.cluster import KMeans
 from configs import mpm_kmeans, mpm_vq, study_quickstart, vqvae
 from conftest import adam_steps, toy_jets
 from jetjax import objectives, objectives_tokens, study, tokenizers, train, vq
-from jetjax.checkpoint import Checkpoints
 from jetjax.data import synthetic
 from jetjax.models.part import ParT
 
