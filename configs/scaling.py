@@ -31,8 +31,4 @@ def add_scaling(c, sizes=("micro", "mini", "part", "s", "m"), objective="mpm"):
 
 
 def get_config():
-    c = add_scaling(base.get_config())
-    sim = study_sim.get_config()
-    c.data.update(dict(root=sim.data.root, format=sim.data.format, epoch_size=sim.data.epoch_size,
-                       val_size=sim.data.val_size))
-    return c
+    return study_sim.with_sim_data(add_scaling(base.get_config()))

@@ -12,10 +12,14 @@ one pass over the 56k training jets of 10k jets per class), balanced validation 
 from configs import study
 
 
-def get_config():
-    c = study.get_config()
+def with_sim_data(c):
+    """`c` reading the simulated set: its folder, format and epochs sized to it."""
     c.data.root = "data/jetclass2_sim"   # --out of jetjax.data.simulate: holds train/, val/, test/
     c.data.format = "parquet"
     c.data.epoch_size = 50_000
     c.data.val_size = 5_000
     return c
+
+
+def get_config():
+    return with_sim_data(study.get_config())

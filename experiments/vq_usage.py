@@ -14,20 +14,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from jetjax import train
-from jetjax.data import pipeline
+from jetjax import study
 from jetjax.objectives_tokens import VQVAETokens
 
 
-def code_counts(run, num_jets, batch_size=256):
-    """(counts of every code over the real particles of the first `num_jets` validation jets, particles)."""
+def code_counts(run, num_jets):
+    """Counts of every code over the real particles of the first `num_jets` validation jets."""
     config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
     targets, num_codes = VQVAETokens(str(run), config.data.feature_set).load(run, None, config.seed)
     tokens = jax.jit(targets)
     counts = np.zeros(num_codes, np.int64)
-    batches = pipeline.validation_batches(**train.data_settings(config, run), batch_size=batch_size,
-                                          num_jets=-(-num_jets // batch_size) * batch_size, seed=config.seed + 1)
-    for batch in batches:
+    for batch in study.validation_sample(config, run, num_jets):
         codes = np.asarray(tokens(batch["features"], batch["mask"]))[batch["mask"]]
         counts += np.bincount(codes, minlength=num_codes)
     return counts

@@ -60,6 +60,14 @@ class Checkpoints:
             manager.close()
 
 
+def stored_record(run, which):
+    """The JSON record of checkpoint `which` of the workdir `run` (no arrays are read); None if there is none."""
+    stored = Checkpoints(run)
+    record = stored.record(which)
+    stored.close()
+    return record
+
+
 def best_checkpoint(run, key):
     """The best state saved in the workdir `run` (nested dicts of arrays); errors name the config `key`."""
     if not (Path(run) / "config.json").exists():

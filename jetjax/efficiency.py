@@ -25,7 +25,6 @@ The workdir holds `pretrain/`, one run per `<method>/n<budget>/seed<seed>/` and 
 .csv, .json: mean and standard deviation over seeds; efficiency.png: both metrics against the budget).
 Stages are skipped when done and resumed when interrupted (jetjax.study.run_stages).
 """
-import csv
 import json
 from pathlib import Path
 
@@ -33,14 +32,13 @@ import ml_collections
 import numpy as np
 
 from jetjax import metrics, study
-from jetjax.report import format_value, pipe_table
+from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, write_csv
 
 METHODS = {"scratch": ("supervised", None), "probe": ("probe", None), "finetune": ("finetune", "full"),
            "adapter": ("finetune", "adapter")}
 """Method -> (config.mode, config.finetune.method or None)."""
 TITLES = {"scratch": "From scratch", "probe": "Linear probe", "finetune": "Full fine-tune",
           "adapter": "Frozen + adapter"}
-METRICS = {"macro_auc": "Macro AUC", "accuracy": "Accuracy"}
 
 
 def run_name(method, budget, seed):
@@ -156,8 +154,7 @@ def write_report(runs, out):
     caption = "Data efficiency: test metrics against the number of labelled training jets (mean and std over seeds)."
     markdown = pipe_table(caption, columns, cells) + "".join(f"\n- {g}" for g in gains) + "\n"
     (out / "efficiency.md").write_text(markdown)
-    with open(out / "efficiency.csv", "w", newline="") as f:
-        csv.writer(f).writerows([columns] + cells)
+    write_csv(out / "efficiency.csv", columns, cells)
     (out / "efficiency.json").write_text(json.dumps({"caption": caption, "rows": rows, "gain_over_scratch": gains,
                                                      "runs": runs}, indent=2))
     plot(rows, out / "efficiency.png")

@@ -3,13 +3,15 @@
 `config.mode` chooses what runs: supervised, pretrain, finetune, probe (train a run in the workdir, resuming
 it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
 checkpoint on the natural test stream), predict (a trained classifier's scores for new files: jetjax.predict),
-study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study)
+study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study),
 efficiency (classifiers from scratch and on a pretrained encoder against the number of labelled jets,
 several seeds: jetjax.efficiency) or scaling (one objective pretrained at several model sizes, a power law of
-the validation loss in the parameters, a classifier fine-tuned per size: jetjax.scaling). Misspelt keys and wrongly typed overrides fail before any work.
+the validation loss in the parameters, a classifier fine-tuned per size: jetjax.scaling). Misspelt keys and
+wrongly typed overrides fail before any work.
 
-A study, efficiency or scaling study keeps XLA's compiled programs in WORKDIR/xla_cache (unless JAX_COMPILATION_CACHE_DIR
-names another folder): its fine-tuning runs share one program, and a continued study compiles nothing twice.
+A study, efficiency or scaling study keeps XLA's compiled programs in WORKDIR/xla_cache (unless
+JAX_COMPILATION_CACHE_DIR names another folder): its fine-tuning runs share one program, and a continued study
+compiles nothing twice.
 """
 from pathlib import Path
 

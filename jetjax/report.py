@@ -18,6 +18,8 @@ from jetjax.metrics import write_json
 GLOBAL_COLUMNS = {"Accuracy": "accuracy", "Macro AUC": "macro_auc", "Micro AUC": "micro_auc",
                   "Macro-F1": "macro_f1"}
 """Table 1's columns: printed name -> key of the evaluate dict."""
+HEADLINE_METRICS = {"macro_auc": "Macro AUC", "accuracy": "Accuracy"}
+"""The two test metrics the efficiency and scaling studies report per run: key of the evaluate dict -> title."""
 
 
 def _check_same_classes(results):
@@ -82,6 +84,12 @@ def pipe_table(caption, columns, cells):
     return "\n".join(lines) + "\n"
 
 
+def write_csv(path, columns, cells):
+    """A table as CSV: the header row `columns`, then the formatted `cells`."""
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([columns] + cells)
+
+
 def to_markdown(table):
     """The table as Markdown: its caption, then a pipe table."""
     return pipe_table(table["caption"], table["columns"], _formatted_rows(table))
@@ -95,8 +103,7 @@ def write_tables(results, folder, titles=None):
     tables = study_tables(results, titles)
     for table in tables:
         (folder / f"{table['name']}.md").write_text(to_markdown(table))
-        with open(folder / f"{table['name']}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([table["columns"]] + _formatted_rows(table))
+        write_csv(folder / f"{table['name']}.csv", table["columns"], _formatted_rows(table))
         write_json(folder / f"{table['name']}.json",
                    {"caption": table["caption"], "columns": table["columns"], "rows": table["rows"]})
     (folder / "tables.md").write_text("\n".join(to_markdown(t) for t in tables))

@@ -16,19 +16,17 @@ fine-tuned test macro AUC and accuracy, and the least-squares fit of log L = log
 power law: with 2 sizes it passes through both points exactly, its quality is only judged from 3 on).
 Stages are skipped when done and resumed when interrupted (jetjax.study.run_stages).
 """
-import csv
 import json
 from pathlib import Path
 
 import numpy as np
 
 from jetjax import metrics, study
-from jetjax.checkpoint import Checkpoints
+from jetjax.checkpoint import stored_record
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models import sizes
-from jetjax.report import format_value, pipe_table
+from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, write_csv
 
-METRICS = {"macro_auc": "Macro AUC", "accuracy": "Accuracy"}
 
 
 def _check_settings(config):
@@ -60,9 +58,7 @@ def stages(config, workdir):
 
 def best_validation_loss(run):
     """The best (lowest) validation loss recorded by the pretraining run `run`."""
-    checkpoints = Checkpoints(run)
-    record = checkpoints.record("best")
-    checkpoints.close()
+    record = stored_record(run, "best")
     if record is None or record["selection"] != "val_loss":
         raise FileNotFoundError(f"{run} has no best pretraining checkpoint selected on the validation loss")
     return float(record["best"])
@@ -114,8 +110,7 @@ def write_report(rows, objective, out):
                f"fit {fit}.")
     markdown = pipe_table(caption, columns, cells)
     (out / "scaling.md").write_text(markdown)
-    with open(out / "scaling.csv", "w", newline="") as f:
-        csv.writer(f).writerows([columns] + cells)
+    write_csv(out / "scaling.csv", columns, cells)
     result = {"caption": caption, "objective": objective, "power_law": {"a": a, "alpha": alpha}, "rows": rows}
     (out / "scaling.json").write_text(json.dumps(result, indent=2))
     plot(rows, a, alpha, tuned, objective, out / "scaling.png")

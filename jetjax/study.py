@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 
 from jetjax import metrics, optim, report, train
-from jetjax.checkpoint import Checkpoints
+from jetjax.checkpoint import stored_record
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
 
@@ -101,10 +101,16 @@ def is_done(run, row, epochs):
         return (run / "evaluation" / "metrics.json").exists()
     if not (run / "checkpoints").exists():
         return False
-    checkpoints = Checkpoints(run)
-    record = checkpoints.record("latest")
-    checkpoints.close()
+    record = stored_record(run, "latest")
     return record is not None and record["epoch"] >= epochs
+
+
+def validation_sample(run_config, run, num_jets):
+    """Batches of the first `num_jets` (rounded up to whole batches of the run) of the balanced validation sample
+    of the workdir `run` with config `run_config`: the jets its validations saw."""
+    batch_size = run_config.train.batch_size
+    return pipeline.validation_batches(**train.data_settings(run_config, run), batch_size=batch_size,
+                                       num_jets=-(-num_jets // batch_size) * batch_size, seed=run_config.seed + 1)
 
 
 def validation_embeddings(run, num_jets):
@@ -116,11 +122,8 @@ def validation_embeddings(run, num_jets):
     variables = {"params": restored["params"]["encoder"], "batch_stats": restored["batch_stats"]["encoder"]}
     variables = jax.tree.map(jnp.asarray, variables)
     embed = jax.jit(lambda v, b: encoder.apply(v, b["features"], b["vectors"], b["mask"])["z"])
-    batch_size = run_config.train.batch_size
-    batches = pipeline.validation_batches(**train.data_settings(run_config, run), batch_size=batch_size,
-                                          num_jets=-(-num_jets // batch_size) * batch_size, seed=run_config.seed + 1)
     z, labels = [], []
-    for batch in batches:
+    for batch in validation_sample(run_config, run, num_jets):
         z.append(np.asarray(embed(variables, batch)))
         labels.append(batch["label"])
     return np.concatenate(z)[:num_jets], np.concatenate(labels)[:num_jets]
