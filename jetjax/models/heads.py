@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax.models.layers import LN_EPS, Block, Dropout, MaskedBatchNorm, torch_linear_init
+from jetjax.models.layers import LN_EPS, Block, Dropout, MaskedBatchNorm, gelu, torch_linear_init
 from jetjax.models.layout import DenseLayout
 
 
@@ -21,7 +21,7 @@ class Classifier(nn.Module):
     def __call__(self, z, train: bool = False):
         if self.kind == "mlp":
             z = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=torch_linear_init, name="hidden")(z)
-            z = Dropout(self.dropout)(nn.gelu(z, approximate=False), deterministic=not train)
+            z = Dropout(self.dropout)(gelu(z), deterministic=not train)
         elif self.kind != "linear":
             raise ValueError(f"model.head must be 'linear' or 'mlp', got {self.kind!r}")
         return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=torch_linear_init, name="out")(z)

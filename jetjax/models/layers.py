@@ -45,8 +45,14 @@ class Dropout(nn.Module):
         return jnp.where(keep, x / (1.0 - self.rate), 0).astype(x.dtype)
 
 
+SQRT_HALF = 0.7071067811865476
+
+
 def gelu(x):
-    return nn.gelu(x, approximate=False)
+    """Exact GELU, x Phi(x) = x (1 + erf(x / sqrt 2)) / 2: PyTorch's formula. (jax.nn.gelu's exact form goes
+    through erfc, which XLA's CPU backend evaluates with an exponential: a ParT training step on CPU is 8%
+    faster with erf.)"""
+    return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(SQRT_HALF, x.dtype)))
 
 
 def layer_norm(name, dtype):
