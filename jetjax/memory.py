@@ -7,8 +7,9 @@ with munmap, so every step faults in and zeroes every page again: 443,000 page f
 time per step on the 2-core development CPU, a third of the step. With one malloc arena, no mmap and no
 trimming, freed buffers are reused: 0 faults per step, the training step 1.4x faster (measured).
 
-The price: memory the process has freed stays with it (its peak resident size is not given back until it
-exits). Set JETJAX_KEEP_FREED_MEMORY=0 to leave malloc as it is. It only takes effect before jax starts its
+The prices: memory the process has freed stays with it (its peak resident size, ~5 GB for that step, is not
+given back until it exits), and XLA compiles about a third slower (one arena for its compiler threads),
+which is what tiny, compile-bound runs notice. Set JETJAX_KEEP_FREED_MEMORY=0 to leave malloc as it is. It only takes effect before jax starts its
 backend threads, which is why `import jetjax` applies it.
 """
 import ctypes
