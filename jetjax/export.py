@@ -139,6 +139,23 @@ def _named_symbolic_dims():
 
 
 @contextlib.contextmanager
+def _closed_jaxpr_alias():
+    """During an ONNX conversion on jax >= 0.12, give jax's core the name `ClosedJaxpr` again: jax 0.11 merged
+    ClosedJaxpr into Jaxpr and kept the old name as an alias, jax 0.12 removed the alias, and jax2onnx
+    (0.13-0.17.1) still uses it. Nothing is changed on jax versions that have it."""
+    from jax._src import core
+
+    missing = not hasattr(core, "ClosedJaxpr")
+    if missing:
+        core.ClosedJaxpr = core.Jaxpr
+    try:
+        yield
+    finally:
+        if missing:
+            del core.ClosedJaxpr
+
+
+@contextlib.contextmanager
 def _quiet_converter():
     """Silence two converter loggers while it runs: onnx_ir warns once per untyped shape constant (hundreds
     per ParT) that it leaves out of the optional value_info, and jax2onnx 0.13 about its dm_pix plugins."""
@@ -161,7 +178,7 @@ def write_onnx(infer, specs, outputs, out, description, opset=ONNX_OPSET):
             from jax2onnx import to_onnx
         except ImportError as err:
             raise ImportError("ONNX export needs jax2onnx and onnx: pip install 'jetjax[export]'") from err
-        with _named_symbolic_dims():
+        with _named_symbolic_dims(), _closed_jaxpr_alias():
             model = to_onnx(infer, specs, model_name="jetjax_part", opset=opset, input_names=list(INPUT_NAMES),
                             output_names=list(outputs))
     onnx.helper.set_model_props(model, {"jetjax": json.dumps(description)})
