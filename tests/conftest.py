@@ -1,7 +1,15 @@
-"""Shared test helpers: the real-data folder beside the project root, and fast compiles."""
+"""Shared test helpers: the real-data folder beside the project root, fast compiles, full float32 matmuls."""
+import os
 from pathlib import Path
 
-import jax
+# The tests compare float32 results with independent float32/float64 references at float32 tolerances, but
+# JAX multiplies float32 matrices in TF32 on NVIDIA GPUs by default (about 1e-3 relative; README "Compute
+# dtype"). The suite runs them at full float32 precision on every backend, subprocesses included (before
+# jax is imported: jax reads the variable at import; the update below covers a jax imported earlier).
+# test_part_reference shows what TF32 would do to the reference comparison.
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -12,6 +20,7 @@ from jetjax import physics
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 jax.config.update("jax_disable_most_optimizations", True)
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 def pytest_collection_modifyitems(items):
