@@ -16,7 +16,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jetjax import devices, knn_validation, objectives, optim, parallel
+from jetjax import compilation, devices, knn_validation, objectives, optim, parallel
 from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
 from jetjax.feeding import Feeder, layout_settings, run_eval
@@ -332,7 +332,7 @@ def fit(config, workdir):
     class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, compilation.CompileLog() as compiled:
             for epoch in range(record["epoch"], epochs):
                 bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
                                 unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}",
@@ -364,7 +364,9 @@ def fit(config, workdir):
                     embedded = [run_eval(state, embed_step, bare_feeder, iter(sample), batch_size, layout.eval_window,
                                          keep_embeddings=len(sample) * batch_size) for sample in knn_samples]
                     validation["metrics"].update(knn_validation.knn_metrics(*embedded, knn.k, len(class_names)))
-                log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans)})
+                compiles = compiled.summary()
+                log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans),
+                                        **compiles})
                 best = record["best"]
                 improved = best is None or (value > best if higher_is_better else value < best)
                 record = {"epoch": epoch + 1, "batch": 0, "best": value if improved else best,
@@ -372,7 +374,8 @@ def fit(config, workdir):
                 checkpoints.save("latest", step, state, record)
                 if improved:
                     checkpoints.save("best", step, state, record)
-                print(f"epoch {epoch + 1}: {name} {value:.4f}" + (" (best)" if improved else ""))
+                print(f"epoch {epoch + 1}: {name} {value:.4f}" + (" (best)" if improved else "") +
+                      f"; the loop's XLA programs so far: {compiles['compiled_programs']} ({compiles['compile_s']:.1f} s)")
             checkpoints.wait()
     finally:
         log.close()
