@@ -1,6 +1,6 @@
 """Inference speed of the exported reference ParT on CPU: ONNX Runtime beside jetjax under jit (and the
 StableHLO export run back in JAX), softmax scores of a batch of jets with realistic multiplicities (most
-30-80 particles, drawn around 55 +- 15, as in bench_model.py) zero-padded to P slots.
+30-80 particles, drawn around 55 +- 15, as in bench_train.py) zero-padded to P slots.
 
 ONNX Runtime runs with its default threads (one per core) and with one thread, the usual setting of a C++
 analysis job; JAX uses every core. The runtimes take turns, `--rounds` times `--steps` calls each after a
@@ -19,7 +19,7 @@ from pathlib import Path
 import jax
 import onnxruntime
 
-from bench_model import realistic_batch
+from bench_train import realistic_batch
 from jetjax import export
 from jetjax.models.part import ParT
 

@@ -3,6 +3,7 @@ training step (forward, backward, gradient clipping at 1.0, AdamW) and of infere
 
     pip install -e ".[compare]"          # torch + weaver-core (only weaver.nn.model.ParticleTransformer is used)
     python experiments/bench_reference.py [--data DIR] [--batch 64] [--dtype float32 bfloat16] [--weaver-compile]
+    python experiments/bench_reference.py --size micro --particles 32 --batch 16 --repeats 1   # a smoke run
 
 The jets: a JetClass-II-format folder (`--data`, e.g. made by `python -m jetjax.data.simulate`), or else
 Pythia-simulated jets of the study's classes written to `--cache` (needs the `sim` extra; the synthetic
@@ -14,7 +15,8 @@ packed layouts, device placement ahead of the step, no host synchronisation per 
 training loop does (its SequenceTrimmer on, torch.autocast for bfloat16 on a GPU; `--weaver-compile`:
 torch.compile of the model, weaver's `compile_model=True`). Each framework runs in a process of its own (all
 alive for the whole run, one working at a time), so that none inherits another's thread pools or allocator
-state; cases are interleaved, in reversed order every other repeat. One JSON line per measurement, then the
+state; each reports its warm-up seconds (jetjax: and the XLA programs it compiled). Cases are interleaved,
+in reversed order every other repeat. One JSON line per measurement, then the
 medians and the jetjax / weaver ratios.
 """
 import argparse
@@ -29,8 +31,9 @@ import jax
 import numpy as np
 
 from configs import supervised_part
-from jetjax import feeding, optim, parallel, train
+from jetjax import compilation, feeding, optim, parallel, train
 from jetjax.data import pipeline, synthetic
+from jetjax.models import sizes
 
 
 def jets_folder(args):
@@ -53,7 +56,7 @@ def multiplicities(batches):
 
 
 def jetjax_config(args, dtype):
-    config = supervised_part.get_config()
+    config = sizes.with_size(supervised_part.get_config(), args.size)
     config.data.num_particles = args.particles
     config.train.batch_size = args.batch
     config.model.dtype = dtype
@@ -83,18 +86,20 @@ class Jetjax:
 
 
 class Weaver:
-    """weaver-core's ParticleTransformer in the JetClass example configuration (the reference ParT)."""
+    """weaver-core's ParticleTransformer in the JetClass example configuration (for size 'part': the reference
+    ParT), of the widths and depths of `size` (jetjax/models/sizes.py)."""
 
-    def __init__(self, channels, num_classes, amp, compile_model):
+    def __init__(self, size, channels, num_classes, amp, compile_model):
         import torch
         from weaver.nn.model.ParticleTransformer import ParticleTransformer
 
         self.torch = torch
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        dims = sizes.SIZES[size]
         model = ParticleTransformer(
             input_dim=channels, num_classes=num_classes, pair_input_dim=4, use_pre_activation_pair=False,
-            embed_dims=[128, 512, 128], pair_embed_dims=[64, 64, 64], num_heads=8, num_layers=8, num_cls_layers=2,
-            block_params=None, cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
+            embed_dims=list(dims["embed_dims"]), pair_embed_dims=list(dims["pair_embed_dims"]),
+            num_heads=dims["num_heads"], num_layers=dims["num_layers"], num_cls_layers=2, block_params=None, cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
             fc_params=[], activation="gelu", trim=True, for_inference=False, use_amp=amp,
             compile_model=compile_model).to(self.device)
         self.model = torch.compile(model) if compile_model else model
@@ -159,14 +164,14 @@ def worker(framework, dtype, folder, args, connection):
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        reference = Weaver(train_batches[0]["features"].shape[-1], 7, dtype == "bfloat16",
+        reference = Weaver(args.size, train_batches[0]["features"].shape[-1], 7, dtype == "bfloat16",
                            framework == "weaver compiled")
         runs = {mode: (getattr(reference, mode), [reference.inputs(b) for b in batches])
                 for mode, batches in (("train", train_batches), ("infer", test_batches))}
         runs["inference"] = runs.pop("infer")
-    for run, batches in runs.values():  # warm-up: compile every program, pass weaver's trimmer warm-up
-        run(batches)
-    connection.send("ready")
+    with compilation.CompileLog() as compiled:  # warm-up: compile every program, pass weaver's trimmer warm-up
+        warmup_s = sum(timed(run, batches) for run, batches in runs.values())
+    connection.send({"warmup_s": round(warmup_s, 1), **(compiled.summary() if framework == "jetjax" else {})})
     while (mode := connection.recv()) is not None:
         run, batches = runs[mode]
         connection.send((timed(run, batches), len(batches) * args.batch))
@@ -177,6 +182,8 @@ def main():
     parser.add_argument("--data", help="JetClass-II-format folder with train/ and test/ (default: --cache)")
     parser.add_argument("--cache", default="runs/bench_jets", help="where simulated jets are kept")
     parser.add_argument("--jets-per-class", type=int, default=700)
+    parser.add_argument("--size", default="part", choices=list(sizes.SIZES),
+                        help="model size (jetjax/models/sizes.py; part: the reference ParT)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--train-batches", type=int, default=8)
@@ -188,7 +195,7 @@ def main():
     folder, origin = jets_folder(args)
     train_batches, test_batches = read_batches(folder, args)
     device = f"{jax.device_count()}x {jax.devices()[0].device_kind}"
-    print(json.dumps({"jets": str(folder), "origin": origin, "device": device, "batch": args.batch,
+    print(json.dumps({"jets": str(folder), "origin": origin, "device": device, "size": args.size, "batch": args.batch,
                       "P": args.particles, "train_multiplicity": multiplicities(train_batches),
                       "inference_multiplicity": multiplicities(test_batches)}), flush=True)
     frameworks = ["jetjax", "weaver"] + (["weaver compiled"] if args.weaver_compile else [])
@@ -199,7 +206,7 @@ def main():
             ours, theirs = context.Pipe()
             process = context.Process(target=worker, args=(framework, dtype, folder, args, theirs), daemon=True)
             process.start()
-            assert ours.recv() == "ready"
+            print(json.dumps({"framework": framework, "dtype": dtype, **ours.recv()}), flush=True)
             workers[(framework, dtype)] = (process, ours)
     cases = [(framework, dtype, mode) for framework, dtype in workers for mode in ("train", "inference")]
     rates = {case: [] for case in cases}

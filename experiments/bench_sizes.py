@@ -7,7 +7,7 @@ throughput and the recommended batch per device. One JSON line per size.
   for the backward pass, dominated by the H x P^2 attention and pair tensors); fixed bytes: the state
   (parameters, two AdamW moments) and the gradients. Compiling is all it costs, so it runs for every size;
 - throughput: jets/s of real training steps on this machine's default device (`--throughput` sizes only:
-  on a 2-core CPU only the small rungs take seconds); jets carry realistic multiplicities (bench_model.py);
+  on a 2-core CPU only the small rungs take seconds); jets carry realistic multiplicities (bench_train.py);
 - recommended batch per device: the largest power of two whose fixed + per-jet memory fits
   `--device-gib` x `--fill` (default 80 GiB x 0.8: an H100/A100-80G), capped at 1024.
 
@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from bench_model import realistic_batch
+from bench_train import realistic_batch
 from configs import base
 from jetjax.models import sizes
 from jetjax import optim, train

@@ -17,12 +17,12 @@ from configs import quickstart
 from jetjax import train
 
 
-def config_for(data, seed, window, epochs, epoch_size):
+def config_for(data, seed, window, epochs, epoch_size, val_size):
     c = quickstart.get_config()
     c.data.root, c.data.format = data, "parquet"
     c.data.synthetic_jets_per_group = 0
     c.data.num_particles = 64
-    c.data.epoch_size, c.data.val_size = epoch_size, 1_024
+    c.data.epoch_size, c.data.val_size = epoch_size, val_size
     c.data.length_grouping = window
     c.train.epochs, c.train.batch_size, c.seed = epochs, 64, seed
     return c
@@ -41,12 +41,13 @@ def main():
     parser.add_argument("--window", type=int, default=16, help="data.length_grouping of the grouped runs")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--epoch-size", type=int, default=3_200)
+    parser.add_argument("--val-size", type=int, default=1_024)
     args = parser.parse_args()
     results = {}
     for seed in args.seeds:
         for window in (0, args.window):
             workdir = f"{args.out}/window{window}_seed{seed}"
-            train.fit(config_for(args.data, seed, window, args.epochs, args.epoch_size), workdir)
+            train.fit(config_for(args.data, seed, window, args.epochs, args.epoch_size, args.val_size), workdir)
             auc = best_validation_auc(workdir)
             results.setdefault(window, []).append(auc)
             print(json.dumps({"length_grouping": window, "seed": seed, "best_val_macro_auc": round(auc, 4)}))

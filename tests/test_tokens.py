@@ -4,6 +4,10 @@ them; a tokenizer trained through the engine gives its best checkpoint's tokens 
 the token objective trains; the study trains the tokenizer before MPM with VQ-VAE tokens."""
 import functools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +128,7 @@ def test_a_tokenizer_trained_by_the_engine_gives_the_tokens_of_its_best_checkpoi
     assert record["epoch"] == 1 and record["selection"] == "val_loss"
     logged = [json.loads(line) for line in (tmp_path / "tokenizer" / "metrics.jsonl").read_text().splitlines()]
     assert {"usage", "perplexity", "reco"} <= logged[-1].keys() and "knn_accuracy" not in logged[-1]
+    assert logged[-1]["compiled_programs"] >= 2 and logged[-1]["compile_s"] > 0  # a train and an eval step at least
 
     targets, num_tokens = objectives_tokens.VQVAETokens(str(tmp_path / "tokenizer"), "kin").load(None, None, 0)
     best = train.best_checkpoint(tmp_path / "tokenizer", "test")
@@ -138,6 +143,12 @@ def test_a_tokenizer_trained_by_the_engine_gives_the_tokens_of_its_best_checkpoi
                                   np.asarray(expected)[real])
     with pytest.raises(ValueError, match="tokenizes feature set 'kin'"):
         objectives_tokens.VQVAETokens(str(tmp_path / "tokenizer"), "kinpid").load(None, None, 0)
+    # experiments/vq_usage.py on this run (tests/test_experiments.py runs the other scripts)
+    usage = json.loads(subprocess.run(
+        [sys.executable, str(Path(__file__).parents[1] / "experiments" / "vq_usage.py"), str(tmp_path / "tokenizer"),
+         "--jets", "64"], env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        check=True).stdout.splitlines()[-1])
+    assert usage["codes"] == 32 and 0 < usage["used"] <= 32 and 1 <= usage["perplexity"] <= 32
     with pytest.raises(FileNotFoundError, match="objective.tokenizer_run"):
         objectives_tokens.VQVAETokens(str(tmp_path / "absent"), "kin").load(None, None, 0)
 
