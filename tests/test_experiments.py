@@ -21,7 +21,7 @@ SCRIPTS = {
     "bench_train.py": ["--config", "quickstart", "mpm", "--size", "micro", "--batch", "16", "--particles", "32",
                        "--batches", "2", "--repeats", "1"],
     "length_grouping_auc.py": ["--data", "{data}", "--out", "{tmp}/runs", "--seeds", "0", "--window", "4",
-                               "--epochs", "1", "--epoch-size", "128", "--val-size", "128"],
+                               "--epochs", "1", "--epoch-size", "1408", "--val-size", "128"],
     "sim_physics_check.py": ["--jets-per-class", "4"],
     "gpu_check.py": ["--tiny", "--out", "{tmp}/gpu_check"],  # runs bench_reference.py with tiny settings
 }

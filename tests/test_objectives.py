@@ -48,9 +48,11 @@ def test_unknown_objective_names_the_key():
 def test_short_training_lowers_the_loss(name):
     model = build(name)
     data = [toy_jets(seed, batch=32, slots=16, lengths=None) for seed in range(4)]
-    history = [float(m["loss"]) for m in adam_steps(model, data, 200)[2]]
+    # JetCLR's loss sits on a plateau first, and where it leaves it moves with the rounding of the XLA version
+    # (about step 120 with jax 0.10.2, 200 with jax 0.12): 300 steps, -28% (0.10.2) and -29% (0.12)
+    history = [float(m["loss"]) for m in adam_steps(model, data, 300 if name == "jetclr" else 200)[2]]
     assert np.all(np.isfinite(history))
     first, last = np.mean(history[:20]), np.mean(history[-20:])
     # 10%: the contrastive losses cannot fall far on 3 toy classes (SupCon's floor is about ln(#positives)
-    # = ln 21 against ln 63 at chance; it reaches -12% here, JetCLR -21%, the others -50% or more).
+    # = ln 21 against ln 63 at chance; it reaches -12% here, the others -50% or more).
     assert last < 0.9 * first, (first, last)
