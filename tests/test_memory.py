@@ -41,3 +41,15 @@ def test_freed_buffers_are_reused_not_faulted_again():
     # fresh 64 MB temporaries are 16,384 pages a call; kept memory is reused
     assert default_faults > 10_000
     assert faults < 1_000
+
+
+def test_the_setting_applies_only_where_jax_computes_on_the_cpu(monkeypatch):
+    from jetjax import memory
+
+    assert memory.cpu_backend_expected(platforms="cpu") and not memory.cpu_backend_expected(platforms="cuda,cpu")
+    assert memory.cpu_backend_expected(platforms="", accelerators=set())  # a CPU-only machine
+    present = {"jax_cuda12_plugin"}
+    monkeypatch.setattr(memory.importlib.util, "find_spec", lambda name: name in present or None)
+    assert not memory.cpu_backend_expected(platforms="", accelerators={"gpu"})  # a GPU with jax's CUDA plugin
+    present.clear()
+    assert memory.cpu_backend_expected(platforms="", accelerators={"gpu"})  # a GPU but CPU-only jax
