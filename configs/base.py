@@ -59,6 +59,10 @@ def get_config():
         head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
     ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.feeding
+    c.compile = ml_collections.ConfigDict(dict(  # XLA's programs (jetjax.compilation)
+        cache=True,                               # JAX's persistent compilation cache: reruns load their programs
+        cache_dir="",                             # its folder ("": $JAX_COMPILATION_CACHE_DIR or ~/.cache/jetjax/xla)
+    ))
     c.knn = ml_collections.ConfigDict(KNN_DEFAULTS)  # pretraining: kNN probe at each validation (jetjax.knn_validation)
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)

@@ -20,9 +20,9 @@ def make_small(c):
     c.train.epochs = 3
     c.train.batch_size = 128
     c.train.log_every = 10
-    # at 32 slots the packed layout saves little work but needs 3 training and 6 validation programs per run
-    # where the slot buckets alone need 1 and 2 (counted on this data); compiling them dominates such tiny runs
-    c.layout.packed = False
+    # at 32 slots the packed layout saves little work but compiles up to 4 programs per step function where
+    # the slot buckets (16, 32) need at most 2; compiling dominates such tiny runs
+    c.layout.mode = "dense"
     c.knn.update(dict(train_jets=1024, val_jets=512))
     return c
 

@@ -83,7 +83,7 @@ def bench_case(config, batches, repeats):
             run()
     figures = {f"{mode}_jets_per_s": round(jets / float(np.median([timed(run) for _ in range(repeats)])), 1)
                for mode, run in runs.items()}
-    return {**figures, **compiled.summary(), "layouts": len(feeder.plans)}
+    return {**figures, **compiled.summary(), "layouts": len(feeder.programs), "layouts_used": len(feeder.used)}
 
 
 def main():

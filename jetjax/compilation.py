@@ -1,20 +1,25 @@
-"""What a run compiles: the XLA programs built while a `CompileLog` is open and the seconds XLA spent on each,
-counted from jax's monitoring events (every backend compilation, whichever thread triggers it). On an
-accelerator a program can take a minute to compile, so a run whose program count grows with its data is a
-bug (../shared/GPU_NOTES.md); the engine logs these counts with every validation record."""
+"""What a run compiles: the XLA programs built while a `CompileLog` is open and the seconds spent on each,
+counted from jax's monitoring events (every backend compilation, whichever thread triggers it), and JAX's
+persistent compilation cache, on by default, so that a rerun loads its programs instead of compiling them.
+On an accelerator a program can take a minute to compile, so a run whose program count grows with its data is
+a bug (../shared/GPU_NOTES.md); the engine logs these counts at start-up and with every validation record."""
 import collections
+from pathlib import Path
 
 import jax
 
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+DEFAULT_CACHE_DIR = Path("~/.cache/jetjax/xla")
 
 
 class CompileLog:
-    """Counts XLA compilations while open: `programs` and `seconds` per jitted function name (e.g.
-    'jit(train_step)'; small op-by-op programs count too)."""
+    """Counts XLA programs while open: `programs` and `seconds` per jitted function name (e.g. 'jit(train_step)';
+    small op-by-op programs count too), and how many of them the persistent cache served (`cache_hits`)."""
 
     def __init__(self):
         self.programs, self.seconds = collections.Counter(), collections.Counter()
+        self.cache_hits = 0
 
     def record(self, event, seconds, **kwargs):
         if event == BACKEND_COMPILE_EVENT:
@@ -22,17 +27,37 @@ class CompileLog:
             self.programs[name] += 1
             self.seconds[name] += seconds
 
+    def record_event(self, event, **kwargs):
+        if event == CACHE_HIT_EVENT:
+            self.cache_hits += 1
+
     def __enter__(self):
         jax.monitoring.register_event_duration_secs_listener(self.record)
+        jax.monitoring.register_event_listener(self.record_event)
         return self
 
     def __exit__(self, *exc):
         jax.monitoring.unregister_event_duration_listener(self.record)
+        jax.monitoring.unregister_event_listener(self.record_event)
 
     def summary(self):
-        """{'compiled_programs': n, 'compile_s': seconds} over every function, plus the program count of each
-        function that compiled more than one program or took over a second."""
+        """{'compiled_programs': n, 'compile_s': seconds, 'cache_hits': n} over every function, plus the program
+        count of each function that built more than one program or took over a second."""
         counts = {f"programs {name}": n for name, n in sorted(self.programs.items())
                   if n > 1 or self.seconds[name] > 1}
-        return {"compiled_programs": sum(self.programs.values()),
-                "compile_s": round(sum(self.seconds.values()), 2), **counts}
+        return {"compiled_programs": sum(self.programs.values()), "compile_s": round(sum(self.seconds.values()), 2),
+                "cache_hits": self.cache_hits, **counts}
+
+
+def use_persistent_cache(config):
+    """Turns on JAX's persistent compilation cache (config.compile.cache, default on) in config.compile.cache_dir,
+    else the folder jax already has ($JAX_COMPILATION_CACHE_DIR), else ~/.cache/jetjax/xla. Takes effect where
+    nothing has compiled yet (the command line calls it first; `train.fit` calls it too); returns the folder or
+    None."""
+    settings = config.get("compile", {})
+    if not settings.get("cache", True):
+        return None
+    folder = settings.get("cache_dir") or jax.config.jax_compilation_cache_dir or DEFAULT_CACHE_DIR
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program: a rerun compiles nothing
+    return jax.config.jax_compilation_cache_dir

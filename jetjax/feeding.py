@@ -1,61 +1,119 @@
-"""How batches reach the compiled steps and results come back: every batch cut to its slot bucket and laid
-out by a packed layout plan (models/layout.py), placed on the devices ahead of the step; evaluation streams
-regrouped by multiplicity, results fetched once per window and returned in the stream's order."""
+"""How batches reach the compiled steps and results come back: every batch laid out by one of a small,
+fixed set of programs (slot counts and packed layout plans, models/layout.py) that a run settles before its
+first step, placed on the devices ahead of the step; evaluation streams regrouped by multiplicity, results
+fetched once per window and returned in the stream's order."""
+import itertools
+
 import jax
 import numpy as np
 
 from jetjax import parallel
 from jetjax.data import pipeline
-from jetjax.models.layout import plan_layout, slot_bucket
+from jetjax.models.layout import bounded_plans, bounded_slots, fits, plan_slots
 
-LAYOUT_DEFAULTS = dict(packed=True, groups=4, slot_multiple=16, eval_window=16)
-"""config.layout: how batches are computed (never what): `packed` per-particle layers and pair MLP on real
-particles and pairs only; attention on `groups` groups of jets sorted by multiplicity; slot counts rounded up
-to multiples of `slot_multiple`; validation and test jets grouped by multiplicity within windows of
-`eval_window` batches."""
+LAYOUT_DEFAULTS = dict(mode="auto", buckets=4, groups=4, slot_multiple=16, eval_window=16, sample_batches=16)
+"""config.layout: how batches are computed (never what). `mode`: 'packed' (per-particle layers and the pair
+MLP on real particles and pairs only, attention on `groups` groups of jets sorted by multiplicity), 'dense'
+(every slot of the batch's slot bucket: large static shapes for GPUs and TPUs), 'auto' (packed on the CPU,
+dense elsewhere). `buckets`: the programs per step function, fixed from the multiplicities of the first
+`sample_batches` batches (the last one holds any batch); slot counts are multiples of `slot_multiple`;
+validation and test jets are grouped by multiplicity within windows of `eval_window` batches."""
+
+LAYOUT_MODES = ("auto", "packed", "dense")
 
 
 def layout_settings(config):
-    """config.layout with the defaults filled in (runs saved before the section existed have none)."""
+    """config.layout with the defaults filled in; runs saved before `mode` existed kept `packed` (a bool)."""
     import ml_collections
 
-    return ml_collections.ConfigDict({**LAYOUT_DEFAULTS, **config.get("layout", {})})
+    saved = dict(config.get("layout", {}))
+    if "packed" in saved:
+        packed = saved.pop("packed")
+        saved.setdefault("mode", "packed" if packed else "dense")
+    layout = ml_collections.ConfigDict({**LAYOUT_DEFAULTS, **saved})
+    if layout.mode not in LAYOUT_MODES:
+        raise ValueError(f"config.layout.mode={layout.mode!r} is not one of {LAYOUT_MODES}")
+    if layout.buckets < 1 or layout.sample_batches < 1:
+        raise ValueError(f"config.layout.buckets={layout.buckets} and config.layout.sample_batches="
+                         f"{layout.sample_batches} must be positive")
+    return layout
+
+
+def resolved_mode(mode, platform):
+    """The layout mode on `platform` (jax's default_backend()): 'auto' is packed on the CPU, dense elsewhere."""
+    return ("packed" if platform == "cpu" else "dense") if mode == "auto" else mode
 
 
 class Feeder:
-    """How host batches reach the compiled steps: each batch is cut to the smallest slot bucket that holds
-    what the encoder will see (`layout.slot_multiple`), given the packed layout plan of its multiplicities
-    (`layout.packed`, `layout.groups`: models/layout.py), and placed on the devices in a background thread
-    while the current step runs. Batches are global: with several processes, each process holds the same
-    batch, derives the same slot count and plan from it and places its own rows (`parallel.host_share`), so
-    the thread never waits on the other processes. Results never depend on any of this (padding
-    invariance); only the speed does."""
+    """How host batches reach the compiled steps. Before its first batch the feeder settles its programs (at
+    most `layout.buckets` (slot count, plan) pairs, models/layout.py) from the encoder lengths of a sample of
+    batches (`settle`; else the first `layout.sample_batches` batches it is given); each batch then runs on
+    the first program it fits, cut to that program's slots, and is placed on the devices in a background
+    thread while the current step runs. Batches are global: with several processes, each process holds the
+    same batch, settles the same programs and picks the same one, and places its own rows
+    (`parallel.host_share`), so the thread never waits on the other processes. Results never depend on any
+    of this (padding invariance); only the speed does."""
 
     def __init__(self, model, mesh, num_particles, layout):
-        self.model, self.mesh, self.num_particles = model, mesh, num_particles
-        self.packed, self.groups, self.slot_multiple = layout.packed, layout.groups, layout.slot_multiple
+        self.model, self.mesh, self.num_particles, self.layout = model, mesh, num_particles, layout
+        self.mode = resolved_mode(layout.mode, jax.default_backend())
         self.sync_each_step = parallel.needs_step_sync(mesh)
-        self.plans = set()
+        self.programs = None
+        self.used = set()
+
+    def settle(self, batches):
+        """Fixes the programs from the encoder lengths of `batches` (global batches of the run's batch size)
+        and returns them: [(slots, plan or None)], the last holding any batch."""
+        sample = [self.model.encoder_lengths(b["mask"].sum(axis=1)) for b in batches]
+        layout, slots = self.layout, self.num_particles
+        if self.mode == "packed":
+            plans = bounded_plans(sample, slots, self.mesh.size, layout.groups, layout.slot_multiple, layout.buckets)
+            self.programs = [(plan_slots(plan), plan) for plan in plans]
+        else:
+            self.programs = [(s, None) for s in bounded_slots(sample, slots, layout.slot_multiple, layout.buckets)]
+        return self.programs
 
     def prepare(self, batch):
-        """(the batch cut to its slot bucket, its layout plan or None)."""
-        lengths = batch["mask"].sum(axis=1)
-        encoder_lengths = self.model.encoder_lengths(lengths)
-        slots = slot_bucket(max(int(encoder_lengths.max()), 1), self.slot_multiple, self.num_particles)
-        batch = {k: v[:, :slots] if v.ndim > 1 and k != "jet" else v for k, v in batch.items()}
-        plan = plan_layout(encoder_lengths, slots, self.mesh.size, self.groups, self.slot_multiple) \
-            if self.packed else None
-        self.plans.add((slots, plan))
-        return batch, plan
+        """(the batch cut to its program's slot count, the program's plan or None)."""
+        lengths = self.model.encoder_lengths(batch["mask"].sum(axis=1))
+        slots, plan = next((s, p) for s, p in self.programs
+                           if (lengths.max() <= s if p is None else fits(p, lengths)))
+        self.used.add((slots, plan))
+        return cut_to_slots(batch, slots), plan
+
+    def device_batch(self, batch):
+        """The model inputs of a prepared (global) batch, this process's share placed on the devices."""
+        return parallel.shard_batch(parallel.host_share({k: batch[k] for k in pipeline.MODEL_INPUTS if k in batch}),
+                                    self.mesh)
 
     def __call__(self, batches, size=2):
         """(device batch, plan, global batch) for each global batch, prepared `size` ahead in a thread."""
+        batches = iter(batches)
+        if self.programs is None:
+            sample = list(itertools.islice(batches, self.layout.sample_batches))
+            self.settle(sample)
+            batches = itertools.chain(sample, batches)
+
         def placed():
             for batch in batches:
                 cut, plan = self.prepare(batch)
-                inputs = parallel.host_share({k: cut[k] for k in pipeline.MODEL_INPUTS if k in cut})
-                yield parallel.shard_batch(inputs, self.mesh), plan, batch
+                yield self.device_batch(cut), plan, batch
         return pipeline.prefetch(placed(), size)
+
+
+def cut_to_slots(batch, slots):
+    """The batch's per-particle arrays cut to their first `slots` slots."""
+    return {k: v[:, :slots] if v.ndim > 1 and k != "jet" else v for k, v in batch.items()}
+
+
+def compile_ahead(state, steps, feeder, sample):
+    """Settles `feeder` on the global batches `sample` and lowers and compiles each of `steps` (jitted
+    state, batch, plan -> ... functions) for every one of its programs, before the first step: a run knows
+    and builds all its programs at start-up (jit reuses them when the steps are called)."""
+    for slots, plan in feeder.settle(sample):
+        batch = feeder.device_batch(cut_to_slots(sample[0], slots))
+        for step in steps:
+            step.lower(state, batch, plan).compile()
 
 
 def pad_batch(batch, size):

@@ -49,7 +49,7 @@ class Adapted(nn.Module, objectives.EncoderLengths):
         adapter = BlockMixClassifier(self.num_classes, self.head, self.head_hidden, self.head_dropout, name="adapter")
         logits = adapter(jax.lax.stop_gradient(out["blocks"]), train)
         loss, metrics = losses.cross_entropy(logits, batch["label"], self.label_smoothing)
-        return loss, objectives.with_layout_check(metrics, out), {"z": out["z"], "logits": logits}
+        return loss, metrics, {"z": out["z"], "logits": logits}
 
 
 def classifier(config, encoder_class, model_settings, num_classes):

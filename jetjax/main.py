@@ -9,17 +9,17 @@ several seeds: jetjax.efficiency) or scaling (one objective pretrained at severa
 the validation loss in the parameters, a classifier fine-tuned per size: jetjax.scaling). Misspelt keys and
 wrongly typed overrides fail before any work.
 
-A study, efficiency or scaling study keeps XLA's compiled programs in WORKDIR/xla_cache (unless
-JAX_COMPILATION_CACHE_DIR names another folder): its fine-tuning runs share one program, and a continued study
-compiles nothing twice.
+XLA's compiled programs are kept in JAX's persistent compilation cache (jetjax.compilation: ~/.cache/jetjax/xla
+unless config.compile.cache_dir or JAX_COMPILATION_CACHE_DIR names another folder; config.compile.cache=False
+turns it off): rerunning a config, the runs of a study that share shapes and a continued study compile nothing
+twice.
 """
 from pathlib import Path
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import efficiency, parallel, predict, scaling, study, train
+from jetjax import compilation, efficiency, parallel, predict, scaling, study, train
 
 STUDIES = {"study": study, "efficiency": efficiency, "scaling": scaling}
 """Modes that run several runs, and their modules."""
@@ -34,9 +34,8 @@ def main(argv):
     name = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"
     parallel.initialize_distributed()
+    compilation.use_persistent_cache(config)  # before anything compiles
     if config.mode in STUDIES:
-        if not jax.config.jax_compilation_cache_dir:  # set before anything compiles
-            jax.config.update("jax_compilation_cache_dir", str(Path(workdir) / "xla_cache"))
         STUDIES[config.mode].run(config, workdir)
     elif config.mode == "evaluate":
         train.evaluate(config, workdir)

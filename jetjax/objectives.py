@@ -40,13 +40,6 @@ def encode(encoder, batch, train, plan, mask=None, **options):
                    plan=plan, **options)
 
 
-def with_layout_check(metrics, out):
-    """`metrics` plus `layout_overflow` (1 when a packed layout was too small for the batch: the engine stops)."""
-    if "layout_overflow" not in out:
-        return metrics
-    return {**metrics, "layout_overflow": out["layout_overflow"].astype(jnp.float32)}
-
-
 class EncoderLengths:
     """Real particles of each jet the encoder sees, at most (host side, numpy): the batch's own by default."""
 
@@ -69,7 +62,7 @@ class Supervised(nn.Module, EncoderLengths):
         options = {} if self.unfrozen_blocks is None else {"unfrozen_blocks": self.unfrozen_blocks}
         out = encode(self.encoder, batch, train and not self.freeze_encoder, plan, **options)
         loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
-        return loss, with_layout_check(metrics, out), {"z": out["z"], "logits": out["logits"]}
+        return loss, metrics, {"z": out["z"], "logits": out["logits"]}
 
 
 def stack_views(views):
@@ -108,7 +101,7 @@ class Contrastive(nn.Module, ViewLengths):
         h = h.reshape(size, len(views), -1)  # (B, V, d)
         labels = batch["label"] if self.use_labels else None
         loss, metrics = losses.supcon(h, labels, self.temperature, base_temperature=self.temperature)
-        return loss, with_layout_check(metrics, out), {"z": out["z"].reshape(size, len(views), -1)[:, 0]}
+        return loss, metrics, {"z": out["z"].reshape(size, len(views), -1)[:, 0]}
 
 
 def choose_masked(key, mask, fraction):
@@ -141,7 +134,7 @@ class MaskedParticleModel(nn.Module, EncoderLengths):
         target = batch["features"][..., jnp.asarray(self.target_channels)]
         loss, metrics = losses.masked_particle(
             pred["features"], target, masked, pred.get("pid_logits"), batch["pid"] if self.with_pid else None)
-        return loss, with_layout_check(metrics, out), {"z": out["z"]}
+        return loss, metrics, {"z": out["z"]}
 
 
 class ClipVAE(nn.Module, EncoderLengths):
@@ -166,7 +159,7 @@ class ClipVAE(nn.Module, EncoderLengths):
         target = augment.vae_target(batch)
         loss, metrics = losses.vae(vae["recon"], target, batch["mask"], vae["mu"], vae["logvar"], self.beta,
                                    self.clip_fraction, self.r0)
-        return loss, with_layout_check(metrics, out), {"z": out["z"], "mu": vae["mu"]}
+        return loss, metrics, {"z": out["z"], "mu": vae["mu"]}
 
 
 def build(name: str, encoder: nn.Module, feature_set: str = "kin", num_particles: int = 128,

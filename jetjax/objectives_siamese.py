@@ -37,9 +37,8 @@ def representation_std(z_views):
     return jnp.mean(jnp.stack([losses.normalised_std(z_views[:, v]) for v in range(z_views.shape[1])]))
 
 
-def with_monitors(metrics, z, size, out):
-    return objectives.with_layout_check({**metrics, "representation_std": representation_std(per_view(z, size))},
-                                        out)
+def with_monitors(metrics, z, size):
+    return {**metrics, "representation_std": representation_std(per_view(z, size))}
 
 
 class VICReg(nn.Module, objectives.ViewLengths):
@@ -60,7 +59,7 @@ class VICReg(nn.Module, objectives.ViewLengths):
         _, out = encode_views(self, batch, key, train, plan)
         h = per_view(MLPHead(self.expander, name="expander")(out["z"], train), size)
         loss, metrics = losses.vicreg(h[:, 0], h[:, 1], self.invariance, self.variance, self.covariance)
-        return loss, with_monitors(metrics, out["z"], size, out), {"z": per_view(out["z"], size)[:, 0]}
+        return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
 
 class SimSiam(nn.Module, objectives.ViewLengths):
@@ -83,7 +82,7 @@ class SimSiam(nn.Module, objectives.ViewLengths):
         p = MLPHead((self.predictor_hidden, self.projection[-1]), name="predictor")(z, train)
         z, p = per_view(z, size), per_view(p, size)
         loss, metrics = losses.simsiam(p[:, 0], p[:, 1], z[:, 0], z[:, 1], self.stop_gradient)
-        return loss, with_monitors(metrics, out["z"], size, out), {"z": per_view(out["z"], size)[:, 0]}
+        return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
 
 class MoCo(nn.Module, objectives.ViewLengths):
@@ -135,7 +134,7 @@ class MoCo(nn.Module, objectives.ViewLengths):
         loss_21, metrics_21 = losses.infonce(q[:, 1], k[:, 0], queue, self.temperature)
         loss = 0.5 * (loss_12 + loss_21)
         metrics = {"infonce": loss, "top1_positive": 0.5 * (metrics_12["top1_positive"] + metrics_21["top1_positive"])}
-        return loss, with_monitors(metrics, out["z"], size, out), {"z": per_view(out["z"], size)[:, 0]}
+        return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
     def negatives(self, keys, train):
         """The queue as it was before this step (None without one); training steps then enqueue `keys`."""

@@ -23,7 +23,7 @@ from jetjax.checkpoint import best_checkpoint
 from jetjax.data import pipeline
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models.heads import MaskedParticleDecoder
-from jetjax.objectives import EncoderLengths, choose_masked, encode, with_layout_check
+from jetjax.objectives import EncoderLengths, choose_masked, encode
 
 NAMES = ("vqvae", "mpm_vq", "mpm_kmeans")
 KMEANS_FILE = "kmeans_tokens.npz"
@@ -133,7 +133,7 @@ class TokenMaskedParticleModel(nn.Module, EncoderLengths):
         logits = decoder(out["tokens"], mask, masked, train=train)["features"]
         token_ids = jax.lax.stop_gradient(self.targets(batch["features"], mask))
         loss, metrics = losses.masked_token_cross_entropy(logits, token_ids, masked)
-        return loss, with_layout_check({**metrics, "total": loss}, out), {"z": out["z"]}
+        return loss, {**metrics, "total": loss}, {"z": out["z"]}
 
 
 def build(name, encoder, feature_set, num_particles, **settings):

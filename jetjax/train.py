@@ -4,6 +4,7 @@ The state is one pytree (params, batch_stats, opt_state, step, key, extra); a tr
 state, batch -> state, metrics, compiled once with the state's buffers donated. Under a data mesh the batch
 arrives sharded along 'data' and the state replicated, so the same code runs on one device or many.
 """
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -19,7 +20,7 @@ import tqdm
 from jetjax import compilation, devices, knn_validation, objectives, optim, parallel
 from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
-from jetjax.feeding import Feeder, layout_settings, run_eval
+from jetjax.feeding import Feeder, compile_ahead, layout_settings, run_eval
 
 
 @flax.struct.dataclass
@@ -251,9 +252,6 @@ class StepMetrics:
                     f"{self.workdir}: the training loss is {float(v['loss'])} at step {step} (epoch {epoch}, batch "
                     f"{batch}); the latest checkpoint holds the last validated state. Lower "
                     "optimizer.learning_rate or check data_report.json.")
-            if v.get("layout_overflow", 0.0) > 0:
-                raise RuntimeError(f"{self.workdir}: step {step}: a batch exceeded its packed layout plan (a bug "
-                                   "in an objective's encoder_lengths); set layout.packed=False to run without")
         return steps[-1], {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
@@ -289,6 +287,7 @@ def fit(config, workdir):
     from jetjax.data.readers import DataReport
 
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
+    compilation.use_persistent_cache(config)
     encoder = getattr(model, "encoder", None)  # None: the VQ-VAE tokenizer (float32, no representation to probe)
     devices.announce(jnp.float32 if encoder is None else encoder.dtype)
     workdir = Path(workdir)
@@ -331,6 +330,16 @@ def fit(config, workdir):
         objectives.EncoderLengths(), mesh, config.data.num_particles, layout)
     class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
+    with compilation.CompileLog() as startup:
+        compile_ahead(state, (train_step, eval_step), feeder,
+                      list(itertools.islice(sampler.batches(0), layout.sample_batches)))
+        if knn_samples:
+            compile_ahead(state, (embed_step,), bare_feeder, knn_samples[0])
+    ahead = startup.summary()
+    log.write("compile", step, {**ahead, "layouts": len(feeder.programs)})
+    print(f"{workdir}: {feeder.mode} layout, programs per step function: {len(feeder.programs)} "
+          f"(slots {[slots for slots, _ in feeder.programs]}); compiled {ahead['compiled_programs']} XLA programs "
+          f"in {ahead['compile_s']:.1f} s ({ahead['cache_hits']} from the persistent cache)")
     try:
         with StopRequest() as stop, compilation.CompileLog() as compiled:
             for epoch in range(record["epoch"], epochs):
@@ -365,7 +374,7 @@ def fit(config, workdir):
                                          keep_embeddings=len(sample) * batch_size) for sample in knn_samples]
                     validation["metrics"].update(knn_validation.knn_metrics(*embedded, knn.k, len(class_names)))
                 compiles = compiled.summary()
-                log.write("val", step, {**validation["metrics"], name: value, "compiled_layouts": len(feeder.plans),
+                log.write("val", step, {**validation["metrics"], name: value, "layouts_used": len(feeder.used),
                                         **compiles})
                 best = record["best"]
                 improved = best is None or (value > best if higher_is_better else value < best)

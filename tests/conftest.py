@@ -1,5 +1,6 @@
 """Shared test helpers: the real-data folder beside the project root, fast compiles, full float32 matmuls."""
 import os
+import tempfile
 from pathlib import Path
 
 # The tests compare float32 results with independent float32/float64 references at float32 tolerances, but
@@ -8,6 +9,9 @@ from pathlib import Path
 # jax is imported: jax reads the variable at import; the update below covers a jax imported earlier).
 # test_part_reference shows what TF32 would do to the reference comparison.
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+# runs keep their compiled programs in JAX's persistent cache (jetjax.compilation): in the tests, a folder of this
+# test process (and its subprocesses) instead of the user's ~/.cache/jetjax/xla
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="jetjax_test_xla_"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp

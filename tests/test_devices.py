@@ -104,12 +104,14 @@ def test_the_engine_train_step_lowers_for_tpu_without_platform_kernels():
     config.model.update(dict(embed_dims=(16, 16, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=1,
                              num_cls_layers=1, dtype="bfloat16"))
     config.data.num_particles = 16
-    config.layout.packed = True
+    config.layout.mode = "packed"
     model = train.build_model(config)
     tx = optim.make_optimizer(100, **config.optimizer)
     batch = {k: np.asarray(v) for k, v in toy_jets(batch=4, slots=16, lengths=(16, 9, 3, 1)).items()}
     state = jax.eval_shape(lambda: train.init_state(model, tx, batch, jax.random.key(0)))
-    batch, plan = feeding.Feeder(model, parallel.data_mesh(), 16, feeding.layout_settings(config)).prepare(batch)
+    feeder = feeding.Feeder(model, parallel.data_mesh(), 16, feeding.layout_settings(config))
+    feeder.settle([batch])
+    batch, plan = feeder.prepare(batch)
     assert plan is not None  # the packed layout
     exported = jax.export.export(train.make_train_step(model, tx), platforms=["tpu"])(state, batch, plan)
     assert exported.platforms == ("tpu",)

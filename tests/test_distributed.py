@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
                         num_cls_layers=1, dropout=0.0, attn_dropout=0.0, activation_dropout=0.0))
     c.optimizer.learning_rate = LEARNING_RATE
     c.train.update(dict(epochs=EPOCHS, batch_size=16, log_every=2))
-    c.layout.update(dict(packed=False, slot_multiple=16))  # one compiled program per step kind
+    c.layout.update(dict(mode="dense", buckets=1))  # one compiled program per step kind
     c.evaluate.embeddings = 20
     (tmp / "config.json").write_text(c.to_json())
     env = {"PYTHONPATH": str(ROOT), "JAX_COMPILATION_CACHE_DIR": str(tmp / "xla"),

@@ -1,6 +1,8 @@
 """The engine's feeding: batches cut to slot buckets and computed in packed layouts give the P-slot results
 (loss, parameters, BatchNorm statistics, evaluation scores), and evaluation returns every result in the
 stream's order although jets are regrouped by multiplicity."""
+import json
+
 import jax
 import ml_collections
 import numpy as np
@@ -24,8 +26,8 @@ def dataset(tmp_path_factory):
 
 def feeder(model, packed, slot_multiple):
     """A Feeder with packing on or off; slot_multiple=SLOTS computes every batch on all P slots."""
-    layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "packed": packed, "groups": 3,
-                                        "slot_multiple": slot_multiple})
+    layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "mode": "packed" if packed else "dense",
+                                        "groups": 3, "slot_multiple": slot_multiple, "sample_batches": 4})
     return feeding.Feeder(model, parallel.data_mesh(), SLOTS, layout)
 
 
@@ -47,7 +49,7 @@ def test_bucketed_packed_training_equals_the_p_slot_computation(dataset):
         losses = []
         for state, metrics in train.run_steps(state, step, feed, batches):
             losses.append(float(metrics["loss"]))
-        runs.append((losses, state, feed.plans))
+        runs.append((losses, state, feed.used))
     (losses_p, state_p, plans_p), (losses_b, state_b, plans_b) = runs
     assert {slots for slots, _ in plans_p} == {SLOTS}
     assert all(plan is not None for _, plan in plans_b) and min(slots for slots, _ in plans_b) < SLOTS
@@ -82,3 +84,30 @@ def test_evaluation_is_bucketed_exactly_and_in_stream_order(dataset):
                                   np.arange(len(lengths)))
     spread = [np.ptp(b["mask"].sum(1)) for b in regrouped]
     assert np.mean(spread) < 0.5 * np.mean([np.ptp(b["mask"].sum(1)) for b in batches])  # similar jets together
+
+
+@pytest.mark.parametrize("mode", ["packed", "dense"])
+def test_an_epoch_compiles_only_the_programs_it_announced(tmp_path, dataset, mode):
+    """fit settles its programs before the first step (at most layout.buckets per step function), compiles
+    them ahead, and compiles no other train or eval step program over an epoch of 50 batches whose
+    multiplicities reach the slot count (synthetic jets up to ~60 particles in P = 64)."""
+    from configs import quickstart
+    from jetjax import compilation
+
+    c = quickstart.get_config()
+    c.data.update(dict(root=str(dataset), synthetic_jets_per_group=0, num_particles=SLOTS, epoch_size=1600,
+                       val_size=320))
+    c.model.update(dict(embed_dims=(16, 32, 16), pair_embed_dims=(8,), num_heads=2, num_layers=1, num_cls_layers=1))
+    c.train.update(dict(epochs=1, batch_size=32, log_every=10))
+    c.optimizer.warmup_steps = 0
+    c.layout.mode = mode
+    with compilation.CompileLog() as log:
+        train.fit(c, tmp_path)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    announced = next(r for r in records if r["split"] == "compile")["layouts"]
+    assert 1 <= announced <= 4
+    assert log.programs["jit(train_step)"] == announced  # compiled ahead, never again
+    validation = next(r for r in records if r["split"] == "val")
+    assert 1 <= validation["layouts_used"] <= announced
+    # the final test evaluation settles a feeder of its own on the test stream: at most 4 more
+    assert announced <= log.programs["jit(eval_step)"] <= announced + 4

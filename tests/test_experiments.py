@@ -55,7 +55,7 @@ def test_script_runs(name, tmp_path):
     if name == "gpu_check.py":  # the final table, every stage ok
         table = out[out.index("| stage |"):]
         assert all(f"| {stage} | ok |" in table
-                   for stage in ("environment", "first_step", "fidelity", "quickstart", "benchmark")), table
+                   for stage in ("environment", "first_step", "fidelity", "quickstart", "quickstart_warm", "benchmark")), table
     else:  # at least one JSON line or printed figure
         assert out.strip(), f"{name} printed nothing"
 

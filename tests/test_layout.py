@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jetjax import augment
-from jetjax.models.layout import LayoutPlan, plan_layout, slot_bucket
+from jetjax.models.layout import LayoutPlan, bounded_plans, bounded_slots, fits, plan_layout, plan_slots, slot_bucket
 from jetjax.models.part import ParT
 
 TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,
@@ -54,7 +54,6 @@ def test_packed_layout_equals_every_slot(model_and_variables, plan_args, train):
     np.testing.assert_allclose(packed["z"], dense["z"], atol=2e-5)
     np.testing.assert_allclose(np.asarray(packed["tokens"])[m], np.asarray(dense["tokens"])[m], atol=1e-4)
     assert np.all(np.asarray(packed["tokens"])[~m] == 0)
-    assert not bool(packed["layout_overflow"])
     for a, b in zip(jax.tree.leaves(dense_stats), jax.tree.leaves(packed_stats)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -94,13 +93,46 @@ def test_plan_holds_its_batch_and_similar_batches_share_it():
         plan_layout(lengths[:63], 128, shards=2)
 
 
-def test_a_plan_too_small_for_its_batch_is_flagged(model_and_variables):
-    model, variables = model_and_variables
-    f, v, m = massive_jets(4)
-    n = m.sum(1)
-    small = LayoutPlan(1, ((8, 8),), int(n.sum()), int((n * (n + 1) // 2).sum()))  # 8 slots: too few
-    out = model.apply(variables, f, v, m, plan=small)
-    assert bool(out["layout_overflow"])
+def realistic_lengths(rng, batch, slots=128):
+    """Multiplicities like Pythia jets': mean ~60 with a tail to the slot count."""
+    return np.clip(rng.gamma(6.0, 10.0, batch).astype(int), 1, slots)
+
+
+def test_fits_is_exactly_what_a_plan_holds():
+    rng = np.random.default_rng(4)
+    lengths = realistic_lengths(rng, 64)
+    plan = plan_layout(lengths, 128, groups=4, slot_multiple=16)
+    n_particles, n_pairs = int(lengths.sum()), int((lengths * (lengths + 1) // 2).sum())
+    assert fits(plan, lengths) and fits(plan, rng.permutation(lengths))
+    first_group_slots = plan.groups[0][1]
+    assert first_group_slots < 128 and not fits(plan, np.full(64, first_group_slots + 1))  # the first group's slots
+    assert not fits(LayoutPlan(1, plan.groups, n_particles - 1, plan.pairs), lengths)  # one particle too many
+    assert not fits(LayoutPlan(1, plan.groups, plan.particles, n_pairs - 1), lengths)  # one pair too many
+    assert fits(LayoutPlan(1, plan.groups, n_particles, n_pairs), lengths)  # exactly full
+
+
+def test_bounded_plans_are_few_nested_and_hold_any_batch():
+    rng = np.random.default_rng(6)
+    sample = [realistic_lengths(rng, 64) for _ in range(16)]
+    plans = bounded_plans(sample, 128, 1, 4, 16, count=4)
+    assert 1 <= len(plans) <= 4
+    assert plans[-1].groups == ((16, 128),) * 4 and plans[-1].particles == 64 * 128  # any batch of 64 jets
+    assert fits(plans[-1], np.full(64, 128))
+    assert sum(fits(plans[0], lengths) for lengths in sample) >= 8  # the lightest half of the sample
+    for small, large in zip(plans, plans[1:]):  # nested: whatever one holds, the next holds
+        assert all(a <= b for (_, a), (_, b) in zip(small.groups, large.groups))
+        assert small.particles <= large.particles and small.pairs <= large.pairs
+    for _ in range(200):  # unseen batches: every one fits some plan
+        assert any(fits(plan, realistic_lengths(rng, 64)) for plan in plans)
+
+
+def test_bounded_slots_are_few_and_end_at_the_slot_count():
+    rng = np.random.default_rng(7)
+    sample = [np.clip(rng.gamma(6.0, 5.0, 16).astype(int), 1, 128) for _ in range(16)]
+    slots = bounded_slots(sample, 128, 16, count=4)
+    assert len(slots) <= 4 and slots[-1] == 128 and slots == sorted(slots)
+    assert all(s % 16 == 0 for s in slots)
+    assert sum(lengths.max() <= slots[0] for lengths in sample) >= 8
 
 
 def test_jetclr_view_lengths_bound_the_views_and_fit_a_smaller_bucket():

@@ -19,7 +19,7 @@ NOTEBOOK = ROOT / "experiments" / "colab_quickstart.ipynb"
 TINY_MODEL = dict(embed_dims=(16, 16, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=1, num_cls_layers=1)
 TINY = dict(jets_per_group=1500, num_particles=16, epochs=1, epoch_size=256, val_size=128, batch_size=64,
             overrides={**{f"model.{k}": v for k, v in TINY_MODEL.items()}, "optimizer.warmup_steps": 0,
-                       "layout.packed": False})  # packed layouts compile a program per multiplicity pattern
+                       "layout.mode": "dense", "layout.buckets": 1})  # one program per step function
 
 
 def with_parameters(notebook, values):

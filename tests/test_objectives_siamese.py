@@ -101,7 +101,7 @@ def test_pretraining_validation_records_the_knn_probe_of_the_encoder(tmp_path):
     config = tiny_config("pretrain", name="vicreg", expander=(32, 32))
     config.data.update(dict(epoch_size=256, val_size=128))
     config.knn.update(dict(train_jets=192, val_jets=128, k=5))
-    config.layout.update(dict(packed=False, slot_multiple=16))  # one program per step function (compile time)
+    config.layout.update(dict(mode="dense", buckets=1))  # one program per step function (compile time)
     train.fit(config, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     validation = [r for r in records if r["split"] == "val"]

@@ -43,8 +43,8 @@ SCRIPT = textwrap.dedent("""
             cases = [("1", False), ("2", True)]
         for mesh_name, packed in cases:
             mesh = one_device if mesh_name == "1" else parallel.data_mesh()
-            layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "packed": packed, "groups": 2,
-                                                "slot_multiple": 4})
+            layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "mode": "packed" if packed else "dense",
+                                                "groups": 2, "slot_multiple": 4})
             feeder = feeding.Feeder(model, mesh, 16, layout)
             state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
             losses, plans = [], []

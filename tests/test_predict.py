@@ -28,7 +28,7 @@ def run(tmp_path_factory):
     c.data.update(dict(root=str(root / "data"), synthetic_jets_per_group=0, num_particles=16))
     c.model.update(TINY)
     c.train.batch_size = 32
-    c.layout.update(dict(packed=False, slot_multiple=16))  # one compiled program (the engine tests cover packing)
+    c.layout.update(dict(mode="dense", buckets=1))  # one compiled program (the engine tests cover packing)
     workdir = root / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(c.to_json_best_effort())

@@ -129,7 +129,8 @@ def test_quickstart_study_end_to_end(tmp_path):
     # two stages); every objective's own training is tested in test_objectives*.py
     result = subprocess.run([sys.executable, "-m", "jetjax.main", "--config", "configs/study_quickstart.py",
                              f"--workdir={tmp_path}", "--config.data.epoch_size=1920",
-                             "--config.study.supervised=('ours', 'part')", "--config.study.objectives=('supcon',)"],
+                             "--config.study.supervised=('ours', 'part')", "--config.study.objectives=('supcon',)",
+                             f"--config.compile.cache_dir={tmp_path / 'xla_cache'}"],
                             cwd=ROOT,
                             capture_output=True, text=True, timeout=1800, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]

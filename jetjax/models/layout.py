@@ -12,7 +12,8 @@ So the same result can be computed with less work, and the layout is a speed cho
   multiplicity, are cut into groups of a fixed number of jets, and each group is gathered onto its own slot
   count (its longest jet rounded up to a bucket), so short jets do not pay for the batch's longest one.
   Capacities and slot counts are static (`LayoutPlan`, planned on the host from the multiplicities by
-  `plan_layout`): one compiled program per plan.
+  `plan_layout`): one compiled program per plan. A run compiles a few nested plans fixed before its first
+  step (`bounded_plans`, the last holding any batch) and runs each batch on the first one it `fits`.
 
 Both offer the same operations (rows, row masks, pair rows, the attention bias per group, self- and class
 attention per group, back to dense slots), so one encoder code path serves both.
@@ -87,6 +88,58 @@ def plan_layout(lengths, slots, shards=1, groups=4, slot_multiple=16, capacity_s
     return LayoutPlan(shards, tuple(plan), min(_round_up(particles, -(-dense_particles // capacity_steps)),
                                                dense_particles),
                       min(_round_up(pairs, -(-dense_pairs // capacity_steps)), dense_pairs))
+
+
+def plan_slots(plan):
+    """The slot count a batch is cut to for `plan`: its largest group's."""
+    return max(slots for _, slots in plan.groups)
+
+
+def fits(plan, lengths):
+    """Whether a batch whose jets have `lengths` real particles (numpy (B,)) fits `plan`: per shard, sorted by
+    length, each group's longest jet within the group's slots, and the particles and pairs within the
+    capacities (host side; the engine only ever runs a batch on a plan it fits)."""
+    per_shard = np.sort(np.asarray(lengths, np.int64).reshape(plan.shards, -1), axis=1)
+    last = np.cumsum([jets for jets, _ in plan.groups]) - 1
+    return bool(np.all(per_shard[:, last].max(axis=0) <= [slots for _, slots in plan.groups])
+                and per_shard.sum(axis=1).max() <= plan.particles
+                and (per_shard * (per_shard + 1) // 2).sum(axis=1).max() <= plan.pairs)
+
+
+def envelope(plans):
+    """The smallest plan that holds every batch that one of `plans` holds (plans of one batch size, shard and
+    group count: their groups have the same jets)."""
+    groups = tuple((jets, max(plan.groups[g][1] for plan in plans)) for g, (jets, _) in enumerate(plans[0].groups))
+    return LayoutPlan(plans[0].shards, groups, max(p.particles for p in plans), max(p.pairs for p in plans))
+
+
+def plan_work(plan):
+    """A measure of a plan's cost: its pair rows plus its attention entries."""
+    return plan.pairs + sum(jets * slots * slots for jets, slots in plan.groups)
+
+
+def coverage_fractions(count):
+    """The fractions of a sample that the first `count` - 1 of `count` nested programs hold: 1/2, 3/4, 7/8, ..."""
+    return [1 - 0.5 ** k for k in range(1, count)]
+
+
+def bounded_plans(sample, slots, shards, groups, slot_multiple, count):
+    """`count` nested plans (at most) for batches like `sample` (encoder lengths of a few batches, numpy (B,)
+    each): the k-th holds the lightest `coverage_fractions(count)[k]` of the sample's batches (the envelope of
+    their own plans); the last holds any batch of `slots` slots (every group at `slots`, dense capacities).
+    A run compiles these and nothing else, whatever its data."""
+    own = sorted((plan_layout(lengths, slots, shards, groups, slot_multiple) for lengths in sample), key=plan_work)
+    plans = [envelope(own[:max(1, int(np.ceil(f * len(own))))]) for f in coverage_fractions(count)]
+    plans.append(plan_layout(np.full(len(sample[0]), slots), slots, shards, groups, slot_multiple))
+    return list(dict.fromkeys(plans))  # in order, without repeats
+
+
+def bounded_slots(sample, slots, slot_multiple, count):
+    """`count` slot counts (at most) for dense batches like `sample`: the bucket of the longest jet that the
+    k-th lightest `coverage_fractions(count)[k]` of the sample's batches need, and `slots` itself."""
+    needed = np.sort([slot_bucket(max(int(np.max(lengths)), 1), slot_multiple, slots) for lengths in sample])
+    chosen = [int(needed[max(1, int(np.ceil(f * len(needed)))) - 1]) for f in coverage_fractions(count)]
+    return sorted(set(chosen + [slots]))
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,9 +286,7 @@ class PackedLayout:
             group_pairs.append(jnp.where(inside, pair_offset[members][:, None, None] + jnp.asarray(tri)[None],
                                          plan.pairs))
         dense = jnp.where(mask.reshape(-1), jnp.cumsum(mask.reshape(-1)) - 1, plan.particles).reshape(mask.shape)
-        too_long = [jnp.any(lengths[members] > slots_g) for members, (_, slots_g) in zip(group_jets, plan.groups)]
-        overflow = (jnp.sum(lengths) > plan.particles) | (pair_end[-1] > plan.pairs) | jnp.any(jnp.stack(too_long))
-        return dict(overflow=overflow, source=source, valid=valid, jet=jet, jet_rank=jet_rank, grouped_row=grouped_row,
+        return dict(source=source, valid=valid, jet=jet, jet_rank=jet_rank, grouped_row=grouped_row,
                     group_jets=group_jets, group_index=group_index, pair_i=pair_i, pair_j=pair_j,
                     pair_valid=pair_valid, group_pairs=group_pairs, dense=dense.astype(jnp.int32))
 
@@ -258,11 +309,6 @@ class PackedLayout:
     @property
     def row_mask(self):
         return self.index["valid"]
-
-    @property
-    def overflow(self):
-        """True when the batch does not fit the plan (some particles would be lost): a planning error."""
-        return jnp.any(self.index["overflow"])
 
     def to_dense(self, rows):
         """Packed rows -> (B, S, ...) with zeros in every slot that is not a real particle."""

@@ -104,8 +104,8 @@ class ParT(nn.Module):
 
     Returns a dict: `z` (B, E) jet representation (final LayerNorm of the class token), `tokens` (B, P, E)
     particle tokens after the last particle block, and `logits` (B, num_classes) when num_classes is set.
-    With a `plan` (models/layout.py) the encoder computes on real particles and pairs only (same results),
-    and `layout_overflow` says whether the batch exceeded the plan (it never should).
+    With a `plan` (models/layout.py) the encoder computes on real particles and pairs only (same results;
+    the batch must fit the plan: layout.fits, which the engine's feeder guarantees).
     Stage outputs are sown into the 'intermediates' collection (embedding, pair_bias, block_i, cls_block_i).
 
     Call options for reusing a trained encoder (jetjax.finetune):
@@ -207,8 +207,6 @@ class ParT(nn.Module):
         out = {"z": z, "tokens": layout.to_dense(x)}
         if block_outputs:
             out["blocks"] = jnp.stack(pooled, axis=1)
-        if plan is not None:
-            out["layout_overflow"] = layout.overflow
         if self.num_classes:
             out["logits"] = Classifier(self.num_classes, self.head, self.head_hidden, self.head_dropout,
                                        self.dtype, name="head")(z, train).astype(jnp.float32)
