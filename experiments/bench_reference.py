@@ -73,7 +73,9 @@ class Jetjax:
         self.state = parallel.replicate(train.init_state(self.model, tx, example, jax.random.key(0)), self.mesh)
         self.train_step, self.eval_step = train.make_train_step(self.model, tx), train.make_eval_step(self.model)
         layout = feeding.layout_settings(config)
-        self.feeder = feeding.Feeder(self.model, self.mesh, config.data.num_particles, layout)
+        # as in fit: training and inference each fix their programs on their own first batches
+        self.feeder, self.eval_feeder = (feeding.Feeder(self.model, self.mesh, config.data.num_particles, layout)
+                                         for _ in range(2))
         self.batch, self.window = config.train.batch_size, layout.eval_window
 
     def train(self, batches):
@@ -82,7 +84,7 @@ class Jetjax:
         jax.block_until_ready(metrics)
 
     def infer(self, batches):
-        feeding.run_eval(self.state, self.eval_step, self.feeder, batches, self.batch, self.window)
+        feeding.run_eval(self.state, self.eval_step, self.eval_feeder, batches, self.batch, self.window)
 
 
 class Weaver:

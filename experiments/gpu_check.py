@@ -83,14 +83,15 @@ def first_step_stage(args):
         mesh, model = parallel.data_mesh(), train.build_model(config)
         tx = optim.make_optimizer(100, **config.optimizer)
         state = parallel.replicate(train.init_state(model, tx, batch, jax.random.key(0)), mesh)
-        feeder = feeding.Feeder(model, mesh, config.data.num_particles, feeding.layout_settings(config))
+        layout = feeding.layout_settings(config)
+        feeder, eval_feeder = (feeding.Feeder(model, mesh, config.data.num_particles, layout) for _ in range(2))
         for state, metrics in train.run_steps(state, train.make_train_step(model, tx), feeder, iter([batch])):
             jax.block_until_ready(metrics)
         times["first_train_step_s"] = round(time.perf_counter() - start, 2)
         start = time.perf_counter()
         validation = pipeline.validation_batches(**data, num_jets=config.train.batch_size,
                                                  batch_size=config.train.batch_size, seed=1)
-        feeding.run_eval(state, train.make_eval_step(model), feeder, validation, config.train.batch_size, 1)
+        feeding.run_eval(state, train.make_eval_step(model), eval_feeder, validation, config.train.batch_size, 1)
         times["first_eval_step_s"] = round(time.perf_counter() - start, 2)
     return {**times, **compiled.summary()}
 

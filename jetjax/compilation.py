@@ -42,9 +42,10 @@ class CompileLog:
 
     def summary(self):
         """{'compiled_programs': n, 'compile_s': seconds, 'cache_hits': n} over every function, plus the program
-        count of each function that built more than one program or took over a second."""
+        count of each engine step (train_step, eval_step, embed_step) and of each other function that built more
+        than one program or took over a second."""
         counts = {f"programs {name}": n for name, n in sorted(self.programs.items())
-                  if n > 1 or self.seconds[name] > 1}
+                  if n > 1 or self.seconds[name] > 1 or name.endswith("_step)")}
         return {"compiled_programs": sum(self.programs.values()), "compile_s": round(sum(self.seconds.values()), 2),
                 "cache_hits": self.cache_hits, **counts}
 

@@ -134,6 +134,12 @@ def softmax(logits):
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
+def eval_stream(batches, batch_size, window):
+    """What evaluation computes: `batches` regrouped by multiplicity within windows of `window` batches
+    (pipeline.grouped_by_length), each padded to `batch_size` jets."""
+    return (pad_batch(batch, batch_size) for batch in pipeline.grouped_by_length(batches, window))
+
+
 def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddings=0):
     """Mean metrics over `batches` (global batches of at most `batch_size` jets) and, for classifiers, the
     softmax scores and labels of every jet and the first `keep_embeddings` representations, all in the
@@ -162,7 +168,7 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
             parts.append(part)
         pending.clear()
 
-    stream = (pad_batch(batch, batch_size) for batch in pipeline.grouped_by_length(batches, window))
+    stream = eval_stream(batches, batch_size, window)
     for device_batch, plan, batch in feeder(stream):
         pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"]))
         if feeder.sync_each_step:

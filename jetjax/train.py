@@ -4,6 +4,7 @@ The state is one pytree (params, batch_stats, opt_state, step, key, extra); a tr
 state, batch -> state, metrics, compiled once with the state's buffers donated. Under a data mesh the batch
 arrives sharded along 'data' and the state replicated, so the same code runs on one device or many.
 """
+import functools
 import itertools
 import json
 import signal
@@ -20,7 +21,7 @@ import tqdm
 from jetjax import compilation, devices, knn_validation, objectives, optim, parallel
 from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
-from jetjax.feeding import Feeder, compile_ahead, layout_settings, run_eval
+from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval
 
 
 @flax.struct.dataclass
@@ -325,20 +326,26 @@ def fit(config, workdir):
     state = parallel.replicate(state, mesh)
     train_step, eval_step = make_train_step(model, tx), make_eval_step(model)
     layout = layout_settings(config)
-    feeder = Feeder(model, mesh, config.data.num_particles, layout)
+    # training, validation and the kNN probe's embeddings each fix their programs on batches of their own
+    # (validation batches are grouped by multiplicity, so they fit smaller layouts than training batches)
+    feeder, eval_feeder = (Feeder(model, mesh, config.data.num_particles, layout) for _ in range(2))
     embed_step, bare_feeder = knn_validation.make_embed_step(model), Feeder(
         objectives.EncoderLengths(), mesh, config.data.num_particles, layout)
+    validation_batches = functools.partial(pipeline.validation_batches, **data, num_jets=config.data.val_size,
+                                           batch_size=batch_size, seed=config.seed + 1)
     class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     with compilation.CompileLog() as startup:
-        compile_ahead(state, (train_step, eval_step), feeder,
-                      list(itertools.islice(sampler.batches(0), layout.sample_batches)))
+        compile_ahead(state, (train_step,), feeder, list(itertools.islice(sampler.batches(0), layout.sample_batches)))
+        compile_ahead(state, (eval_step,), eval_feeder, list(itertools.islice(
+            eval_stream(validation_batches(), batch_size, layout.eval_window), layout.sample_batches)))
         if knn_samples:
-            compile_ahead(state, (embed_step,), bare_feeder, knn_samples[0])
+            compile_ahead(state, (embed_step,), bare_feeder,
+                          list(eval_stream(iter(knn_samples[0]), batch_size, layout.eval_window)))
     ahead = startup.summary()
-    log.write("compile", step, {**ahead, "layouts": len(feeder.programs)})
-    print(f"{workdir}: {feeder.mode} layout, programs per step function: {len(feeder.programs)} "
-          f"(slots {[slots for slots, _ in feeder.programs]}); compiled {ahead['compiled_programs']} XLA programs "
+    log.write("compile", step, {**ahead, "layouts": len(feeder.programs), "eval_layouts": len(eval_feeder.programs)})
+    print(f"{workdir}: {feeder.mode} layout, {len(feeder.programs)} training programs (slots "
+          f"{[slots for slots, _ in feeder.programs]}), {len(eval_feeder.programs)} validation programs; compiled {ahead['compiled_programs']} XLA programs "
           f"in {ahead['compile_s']:.1f} s ({ahead['cache_hits']} from the persistent cache)")
     try:
         with StopRequest() as stop, compilation.CompileLog() as compiled:
@@ -365,9 +372,8 @@ def fit(config, workdir):
                 logged = pending.flush()
                 if logged:
                     log.write("train", *logged)
-                validation = run_eval(state, eval_step, feeder, pipeline.validation_batches(
-                    **data, num_jets=config.data.val_size, batch_size=batch_size, seed=config.seed + 1),
-                    batch_size, layout.eval_window)
+                validation = run_eval(state, eval_step, eval_feeder, validation_batches(), batch_size,
+                                      layout.eval_window)
                 name, value, higher_is_better = selection_value(config, validation, class_names)
                 if knn_samples:
                     embedded = [run_eval(state, embed_step, bare_feeder, iter(sample), batch_size, layout.eval_window,
@@ -375,6 +381,7 @@ def fit(config, workdir):
                     validation["metrics"].update(knn_validation.knn_metrics(*embedded, knn.k, len(class_names)))
                 compiles = compiled.summary()
                 log.write("val", step, {**validation["metrics"], name: value, "layouts_used": len(feeder.used),
+                                        "eval_layouts_used": len(eval_feeder.used),
                                         **compiles})
                 best = record["best"]
                 improved = best is None or (value > best if higher_is_better else value < best)

@@ -104,10 +104,11 @@ def test_an_epoch_compiles_only_the_programs_it_announced(tmp_path, dataset, mod
     with compilation.CompileLog() as log:
         train.fit(c, tmp_path)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    announced = next(r for r in records if r["split"] == "compile")["layouts"]
-    assert 1 <= announced <= 4
+    compiled = next(r for r in records if r["split"] == "compile")
+    announced, announced_eval = compiled["layouts"], compiled["eval_layouts"]
+    assert 1 <= announced <= 4 and 1 <= announced_eval <= 4
     assert log.programs["jit(train_step)"] == announced  # compiled ahead, never again
     validation = next(r for r in records if r["split"] == "val")
-    assert 1 <= validation["layouts_used"] <= announced
+    assert 1 <= validation["layouts_used"] <= announced and 1 <= validation["eval_layouts_used"] <= announced_eval
     # the final test evaluation settles a feeder of its own on the test stream: at most 4 more
-    assert announced <= log.programs["jit(eval_step)"] <= announced + 4
+    assert announced_eval <= log.programs["jit(eval_step)"] <= announced_eval + 4
