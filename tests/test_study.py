@@ -142,6 +142,6 @@ def test_quickstart_study_end_to_end(tmp_path):
         assert rows[method]["Macro AUC"] > 0.8 and rows[method]["Accuracy"] > 3 / 7
     assert (tmp_path / "report" / "tsne.png").exists()
     ours = tmp_path / "ours"  # one run workdir of the study: its log and both checkpoints
-    assert {json.loads(line)["split"] for line in (ours / "metrics.jsonl").read_text().splitlines()} == {"train", "val"}
+    assert {json.loads(line)["split"] for line in (ours / "metrics.jsonl").read_text().splitlines()} == {"compile", "train", "val"}
     assert (ours / "checkpoints" / "best").exists() and (ours / "checkpoints" / "latest").exists()
     assert any((tmp_path / "xla_cache").iterdir())  # compiled programs kept for the fine-tuning runs
