@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
 
 SCRIPTS = {
+    "bench_block_scan.py": ["--layers", "2", "--batch", "4", "--particles", "16", "--steps", "1"],
     "bench_data.py": ["--jets-per-group", "300", "--feature-sets", "kin", "--num-particles", "32",
                       "--batch-size", "32", "--epoch-size", "256", "--workers", "0", "1"],
     "bench_export.py": ["--batch", "4", "--slots", "32", "--steps", "1", "--rounds", "1"],
