@@ -18,7 +18,7 @@ def get_config():
     c.data = ml_collections.ConfigDict(dict(
         root=config_dict.placeholder(str),   # JetClass-II folder (or train/val/test subfolders)
         format="any",                        # files read: parquet | root | h5 | npz | any
-        synthetic_jets_per_group=0,          # > 0: generate a synthetic data set of this size in workdir/data
+        synthetic_jets_per_group=0,          # > 0 and no root: generate a synthetic data set of this size in workdir/data
         scheme="jetclass2_7",                # label scheme (jetjax.data.classes.SCHEMES)
         feature_set="kin",                   # kin | kinpid | full
         num_particles=128,                   # P
@@ -56,7 +56,8 @@ def get_config():
     c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)
         method="full",                            # full | adapter (frozen encoder + block mix) | last_k
         unfreeze_blocks=2,                        # last_k: the last k particle blocks train (+ class blocks)
-        head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: optimizer.learning_rate)
+        head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: 0.1 for the adapter,
+                                                            # optimizer.learning_rate otherwise; jetjax.finetune)
     ))
     c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.feeding
     c.compile = ml_collections.ConfigDict(dict(  # XLA's programs (jetjax.compilation)
@@ -67,5 +68,15 @@ def get_config():
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions
+        title=config_dict.placeholder(str),       # the run's row in its tables (default: from mode and labels)
     ))
     return c
+
+
+def unset_like(section):
+    """A ConfigDict with every key of `section` (nested ones too), each unset (None) but of the key's type: so that
+    any of them can be given from the command line, e.g. --config.efficiency.pretrain_data.root=DIR."""
+    return ml_collections.ConfigDict({
+        key: unset_like(value) if isinstance(value, ml_collections.ConfigDict)
+        else config_dict.placeholder(section.get_type(key)) for key, value in section.items()})
+

@@ -31,7 +31,7 @@ def add_efficiency(c, objective="jetclr"):
         pretrained=config_dict.placeholder(str),               # a pretraining workdir; unset: pretrain here
         objective=ml_collections.ConfigDict(dict(name=objective, **pretraining.OBJECTIVES[objective])),
         pretrain_epochs=pretraining.PRETRAIN_EPOCHS,
-        pretrain_data=ml_collections.ConfigDict(),             # overrides of `data` for pretraining (transfer)
+        pretrain_data=base.unset_like(c.data),                      # overrides of `data` for pretraining (transfer)
     ))
     return c
 

@@ -9,7 +9,7 @@ from configs import base, efficiency, quickstart
 
 def get_config():
     c = efficiency.add_efficiency(quickstart.make_small(base.get_config()))
-    c.data.update(dict(epoch_size=2_560, val_size=1_280))
+    c.data.update(dict(synthetic_jets_per_group=quickstart.SYNTHETIC_JETS_PER_GROUP, epoch_size=2_560, val_size=1_280))
     c.train.epochs = 3
     c.efficiency.update(dict(budgets=(100, 1_000), seeds=(0, 1), pretrain_epochs=3))
     c.efficiency.pretrain_data.epoch_size = 12_800   # pretraining sees many more (unlabelled) jets

@@ -3,8 +3,9 @@
     python -m jetjax.main --config configs/predict.py --config.predict.run=runs/quickstart \
         --config.predict.files='new/*.parquet' --config.predict.out=runs/quickstart/scores.parquet
 
-The model, its feature set and particle slots come from the run; config.data.columns / config.data.tree /
-config.data.format describe the input files (as for training).
+The model, its feature set, particle slots and task come from the run, and so do, by default, the way its files
+were read (config.data.columns, data.tree, data.format of the run): give only what differs in the new files,
+e.g. --config.data.columns.part_px=px or --config.data.tree=Events.
 """
 import ml_collections
 from ml_collections import config_dict
@@ -15,6 +16,7 @@ from configs import base
 def get_config():
     c = base.get_config()
     c.mode = "predict"
+    c.data = base.unset_like(c.data)  # unset: as the trained run read its files
     c.predict = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),     # the trained classifier's workdir (its best checkpoint is used)
         files=config_dict.placeholder(str),   # input files: paths or globs, comma-separated

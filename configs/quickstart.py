@@ -6,10 +6,13 @@ natural test stream; about a minute on a 2-core CPU, no download (the data are g
 from configs import base
 
 
+SYNTHETIC_JETS_PER_GROUP = 8000
+"""The quickstart configs' data when no data.root is given (generated in the workdir)."""
+
+
 def make_small(c):
-    """`c` shrunk to a 2-core CPU: synthetic data, 32 particle slots (the pair features cost P^2), a tiny
-    encoder, short epochs, a smaller kNN probe."""
-    c.data.synthetic_jets_per_group = 8000
+    """`c` shrunk to a 2-core CPU: 32 particle slots (the pair features cost P^2), a tiny encoder, short epochs,
+    a smaller kNN probe. Where the data come from is left to the config (data.root)."""
     c.data.num_particles = 32
     c.data.epoch_size = 12_800
     c.data.val_size = 2_560
@@ -29,5 +32,6 @@ def make_small(c):
 
 def get_config():
     c = make_small(base.get_config())
+    c.data.synthetic_jets_per_group = SYNTHETIC_JETS_PER_GROUP
     c.mode = "supervised"
     return c

@@ -9,5 +9,6 @@ from configs import base, quickstart, scaling
 
 def get_config():
     c = scaling.add_scaling(quickstart.make_small(base.get_config()), sizes=("micro", "mini", "part"))
+    c.data.synthetic_jets_per_group = quickstart.SYNTHETIC_JETS_PER_GROUP
     c.scaling.update(dict(pretrain_epochs=3, finetune_epochs=2))
     return c

@@ -9,7 +9,7 @@ from configs import base, quickstart, study
 
 def get_config():
     c = study.add_study(quickstart.make_small(base.get_config()))
-    c.data.epoch_size = 6_400
+    c.data.update(dict(synthetic_jets_per_group=quickstart.SYNTHETIC_JETS_PER_GROUP, epoch_size=6_400))
     c.study.pretrain_epochs = 2
     c.study.finetune_epochs = 2
     return c

@@ -8,7 +8,7 @@ one classifier run trains on the first `budget` jets of the training split's lab
 jets for every method) and is evaluated on the natural test stream. Methods are config values only:
 
   scratch   mode 'supervised': a randomly initialised encoder and head
-  probe     mode 'probe': the pretrained encoder frozen, a new linear head
+  probe     mode 'probe': a logistic regression on the frozen encoder's representation (jetjax.probe)
   finetune  mode 'finetune' (finetune.method 'full' where the config has a finetune section): every weight
   adapter   mode 'finetune', finetune.method 'adapter': the pretrained backbone frozen, an adapter head
 
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from jetjax import metrics, study
+from jetjax.data import pipeline
 from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, write_csv
 
 METHODS = {"scratch": ("supervised", None), "probe": ("probe", None), "finetune": ("finetune", "full"),
@@ -65,9 +66,7 @@ def pretrain_config(config):
     eff = config.efficiency
     c = study.run_config(config, "pretrain", eff.pretrain_epochs)
     c.objective = ml_collections.ConfigDict(eff.objective.to_dict())
-    c.data.update(eff.pretrain_data.to_dict())
-    if "root" in eff.pretrain_data:
-        c.data.synthetic_jets_per_group = 0
+    c.data = pipeline.with_overrides(c.data, eff.pretrain_data)
     c.data.label_budget = 0
     return c
 
@@ -87,8 +86,11 @@ def stages(config, workdir):
             for seed in eff.seeds:
                 c = study.run_config(config, mode, config.train.epochs)
                 c.seed, c.data.label_budget = int(seed), int(budget)
+                c.evaluate.title = f"{TITLES[method]}, {int(budget)} labels, seed {int(seed)}"
                 if mode != "supervised":
                     c.train.init_from = encoder
+                if mode == "probe":
+                    c.model.head = "linear"  # the linear probe
                 if finetune_method is not None and "finetune" in c:
                     c.finetune.method = finetune_method
                 result.append((run_name(method, int(budget), int(seed)), (method, int(budget), int(seed)), c))

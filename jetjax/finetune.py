@@ -6,10 +6,13 @@
                       of every block's output, LayerNorm, and a `model.head` ('linear' | 'mlp') classifier
     method='last_k'   the last `unfreeze_blocks` particle blocks, the class blocks, the class token, the final
                       norm and the head train; the embeddings and earlier blocks are frozen as above
-    mode='probe'      the linear probe: the encoder's own head on the frozen encoder (objectives.Supervised)
+    (mode 'probe', the linear probe, is a logistic regression fitted on the frozen encoder: jetjax.probe)
 
-`head_learning_rate` (None: `optimizer.learning_rate`) is the peak learning rate of the new head. Frozen
-parameters and BatchNorm statistics stay bit-identical (optim.freeze, eval mode).
+`head_learning_rate` is the peak learning rate of the new head; unset: ADAPTER_HEAD_LEARNING_RATE for the adapter
+(a head on standardised frozen features, which barely moves at an encoder's rate: measured on Pythia jets with
+60 steps, 2e-3 gave macro AUC 0.78 +- 0.07, 3e-2 0.85 / 0.87 and 0.1 0.84 / 0.88 at 100 / 1,000 labels, the
+linear probe 0.84 / 0.88; docs/efficiency.md), `optimizer.learning_rate` otherwise. Frozen parameters and
+BatchNorm statistics stay bit-identical (optim.freeze, eval mode).
 """
 import flax.linen as nn
 import jax
@@ -20,6 +23,7 @@ from jetjax.models.heads import BlockMixClassifier
 
 METHODS = ("full", "adapter", "last_k")
 DEFAULTS = dict(method="full", unfreeze_blocks=2, head_learning_rate=None)
+ADAPTER_HEAD_LEARNING_RATE = 0.1
 
 
 def settings(config):
@@ -62,15 +66,16 @@ def classifier(config, encoder_class, model_settings, num_classes):
     encoder = encoder_class(num_classes=num_classes, **model_settings)
     unfrozen = settings(config).unfreeze_blocks if method == "last_k" else None
     encoder.first_trained_block(unfrozen)  # a wrong unfreeze_blocks fails here, before any work
-    return objectives.Supervised(encoder, freeze_encoder=config.mode == "probe", unfrozen_blocks=unfrozen)
+    return objectives.Supervised(encoder, unfrozen_blocks=unfrozen)
 
 
 def optimizer_settings(config, num_layers):
     """`trainable` and `head_learning_rate` keywords of optim.make_optimizer for a run of `config`."""
-    values = settings(config) if config.mode in ("finetune", "probe") else ml_collections.ConfigDict(DEFAULTS)
-    trainable = None
-    if config.mode == "probe" or values.method == "adapter":
+    values = settings(config) if config.mode == "finetune" else ml_collections.ConfigDict(DEFAULTS)
+    trainable, head_learning_rate = None, values.head_learning_rate
+    if values.method == "adapter":
         trainable = optim.is_head
+        head_learning_rate = ADAPTER_HEAD_LEARNING_RATE if head_learning_rate is None else head_learning_rate
     elif values.method == "last_k":
         trainable = optim.trains_from_block(num_layers - values.unfreeze_blocks)
-    return dict(trainable=trainable, head_learning_rate=values.head_learning_rate)
+    return dict(trainable=trainable, head_learning_rate=head_learning_rate)

@@ -1,7 +1,8 @@
 """jetjax command line: `python -m jetjax.main --config configs/<name>.py [--config.a.b=value ...] [--workdir DIR]`.
 
-`config.mode` chooses what runs: supervised, pretrain, finetune, probe (train a run in the workdir, resuming
-it if it exists; classifiers end with an evaluation on the test stream), evaluate (a trained run's best
+`config.mode` chooses what runs: supervised, pretrain, finetune (train a run in the workdir, resuming
+it if it exists; classifiers end with an evaluation on the test stream), probe (the linear probe of a pretrained
+encoder, a logistic regression fitted on its frozen representation: jetjax.probe), evaluate (a trained run's best
 checkpoint on the natural test stream), predict (a trained classifier's scores for new files: jetjax.predict),
 study (every objective pretrained, fine-tuned and evaluated, then the study's tables and figures: jetjax.study),
 efficiency (classifiers from scratch and on a pretrained encoder against the number of labelled jets,
@@ -19,7 +20,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import compilation, efficiency, parallel, predict, scaling, study, train
+from jetjax import compilation, efficiency, parallel, predict, probe, scaling, study, train
 
 STUDIES = {"study": study, "efficiency": efficiency, "scaling": scaling}
 """Modes that run several runs, and their modules."""
@@ -41,6 +42,8 @@ def main(argv):
         train.evaluate(config, workdir)
     elif config.mode == "predict":
         predict.run(config)
+    elif config.mode == "probe":
+        probe.fit(config, workdir)
     else:
         train.fit(config, workdir)
 

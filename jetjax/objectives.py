@@ -48,19 +48,17 @@ class EncoderLengths:
 
 
 class Supervised(nn.Module, EncoderLengths):
-    """Classifier on the encoder; `freeze_encoder` (linear probe) runs the encoder in eval mode (running
-    BatchNorm statistics, no dropout) so that training leaves it untouched; `unfrozen_blocks` k freezes all
-    but the last k particle blocks likewise (partial fine-tuning, jetjax.finetune)."""
+    """Classifier on the encoder; `unfrozen_blocks` k runs all but the last k particle blocks in eval mode
+    (running BatchNorm statistics, no dropout, no gradient): partial fine-tuning, jetjax.finetune."""
 
     encoder: nn.Module
     label_smoothing: float = 0.0
-    freeze_encoder: bool = False
     unfrozen_blocks: Optional[int] = None
 
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         options = {} if self.unfrozen_blocks is None else {"unfrozen_blocks": self.unfrozen_blocks}
-        out = encode(self.encoder, batch, train and not self.freeze_encoder, plan, **options)
+        out = encode(self.encoder, batch, train, plan, **options)
         loss, metrics = losses.cross_entropy(out["logits"], batch["label"], self.label_smoothing)
         return loss, metrics, {"z": out["z"], "logits": out["logits"]}
 

@@ -44,7 +44,7 @@ def encoder_part(names):
 
 
 def is_head(names):
-    """True for parameters outside the encoder proper: `trainable=is_head` freezes the encoder (probe)."""
+    """True for parameters outside the encoder proper: `trainable=is_head` freezes the encoder (an adapter)."""
     return encoder_part(names) is None
 
 
@@ -170,7 +170,7 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
            `muon_nesterov` with it (NAdamW when on). `muon_embedding` adds the embedding's hidden matrices.
     `trainable(names)`, given a parameter path's dictionary keys, marks what trains; the other parameters
     are left bit-identical (`freeze`), hold no optimizer state and are left out of the clipping norm:
-    `trainable=is_head` is the linear probe on a frozen encoder.
+    `trainable=is_head` trains a head on a frozen encoder.
     `head_learning_rate` (None: `learning_rate`): the peak learning rate of the head parameters (`is_head`),
     with the same schedule and optimizer (weaver's fine-tuning recipe gives a new head a larger rate); the
     clipping norm stays the global norm of every trainable gradient.

@@ -3,8 +3,8 @@
     python -m jetjax.main --config configs/predict.py --config.predict.run=runs/x \
         --config.predict.files='new/*.parquet' --config.predict.out=scores.parquet
 
-The files are read as the run was trained (its feature set and particle slots; their own column names and
-tree in config.data.columns / config.data.tree, labels not needed), chunk by chunk (`predict.chunk_size` jets),
+The files are read as the run was trained (its feature set, particle slots, column names, tree and format;
+what differs in the new files in config.data.columns / .tree / .format, labels not needed), chunk by chunk (`predict.chunk_size` jets),
 through the engine's evaluation path (feeding.run_eval: Feeder, slot buckets, packed layouts), and each chunk is
 written as soon as it is scored, so neither input nor output is ever held whole. Output (parquet, or ROOT tree
 `predictions` via uproot when `out` ends in .root), one row per scored jet: `file` (the input path), `row` (the
@@ -133,8 +133,7 @@ def run(config):
     scheme, feature_set = task_scheme(run_config.data), run_config.data.feature_set
     batch_size = settings.batch_size or run_config.train.batch_size
     parallel.check_batch_size(batch_size, mesh)
-    data = config.data.copy_and_resolve_references()
-    data.feature_set = feature_set
+    data = pipeline.with_overrides(run_config.data, {k: config.data.get(k) for k in ("columns", "tree", "format")})
     column_map = pipeline.column_map(data)
     column_map = dataclasses.replace(column_map, renamed=column_map.renamed + ((LABEL_COLUMN, ""),))  # labels unused
     layout = feeding.layout_settings(run_config)
@@ -143,7 +142,7 @@ def run(config):
                                                                           layout),
                          feature_set, run_config.data.num_particles, batch_size, layout.eval_window,
                          settings.embeddings, report)
-    files = input_files(settings.files or "", config.data.format)
+    files = input_files(settings.files or "", data.format)
     writer = Writer(settings.out)
     bar = tqdm.tqdm(unit="jet", unit_scale=True, desc="predict")
     try:

@@ -52,6 +52,7 @@ def stages(config, workdir):
         if scaling.finetune_epochs:
             finetune = sizes.with_size(study.run_config(config, "finetune", scaling.finetune_epochs), size)
             finetune.train.init_from = str(Path(workdir) / f"{size}_pretrain")
+            finetune.evaluate.title = f"{scaling.objective.name} {size}, fine-tuned"
             result.append((f"{size}_finetune", size, finetune))
     return result
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import metrics, optim, report, train
+from jetjax import metrics, optim, probe, report, train
 from jetjax.checkpoint import stored_record
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -75,12 +75,14 @@ def stages(config, workdir):
             c.model.update(study.ours_model)
         if name == "ours_muon":
             c.optimizer.update(dict(name="muon", muon_learning_rate=study.muon_learning_rate))
+        c.evaluate.title = METHODS[name]
         result.append((name, METHODS[name], c))
     for name in study.objectives:
         pretrain = run_config(config, "pretrain", study.pretrain_epochs)
         pretrain.objective = ml_collections.ConfigDict(dict(name=name, **study.objective_settings[name]))
         finetune = run_config(config, "finetune", study.finetune_epochs)
         finetune.train.init_from = str(workdir / f"{name}_pretrain")
+        finetune.evaluate.title = METHODS[name]
         if name in TOKENIZERS:
             tokenizer = run_config(config, "pretrain", study.pretrain_epochs)
             tokenizer.objective = ml_collections.ConfigDict(
@@ -146,8 +148,10 @@ def run_stages(config, workdir, plan):
     """Train the stages of `plan` ([(name, row, run config)]) in `workdir/<name>`: finished ones skipped, an
     unfinished one resumed. Stages that read the study's data (`data.root` as in `config`) share one data
     set (synthetic: made once in `workdir/data`). False when a stage was stopped by a signal."""
-    for _, _, c in plan:  # a wrong model or optimiser setting of any stage fails before any work
+    for _, _, c in plan:  # a wrong model, probe or optimiser setting of any stage fails before any work
         train.build_model(c)
+        if c.mode == "probe":
+            probe.probe_settings(c)
         optim.make_optimizer(c.train.epochs * (c.data.epoch_size // c.train.batch_size), **c.optimizer)
     data = train.data_settings(config, workdir)
     for name, row, c in plan:
@@ -158,7 +162,7 @@ def run_stages(config, workdir, plan):
             continue
         print(f"study: {name} ({c.mode}, {c.train.epochs} epochs)")
         start = time.perf_counter()
-        record = train.fit(c, workdir / name)
+        record = (probe.fit if c.mode == "probe" else train.fit)(c, workdir / name)
         if record["epoch"] < c.train.epochs:
             print(f"study stopped in {name}; run the same command to continue")
             return False

@@ -133,15 +133,18 @@ def build_model(config):
 
 
 def data_settings(config, workdir):
-    """Keyword arguments of the jetjax.data.pipeline entry points; makes the synthetic data set in
-    `workdir/data` when the config asks for one (`data.synthetic_jets_per_group`) and it is not there."""
+    """Keyword arguments of the jetjax.data.pipeline entry points. The data are `data.root`; only without one,
+    `data.synthetic_jets_per_group` > 0 asks for a synthetic data set in `workdir/data` (made, with a line
+    saying so, when it is not there)."""
     from jetjax.data import synthetic
     from jetjax.data.classes import task_scheme
 
     root = config.data.root
-    if config.data.synthetic_jets_per_group:
+    if root is None and config.data.synthetic_jets_per_group:
         root = Path(workdir) / "data"
         if not (root / "test").exists():
+            print(f"data: generating synthetic jets ({config.data.synthetic_jets_per_group} per group) in {root} "
+                  "(config.data.synthetic_jets_per_group; set config.data.root to read your own files)")
             synthetic.write_dataset(root, config.data.synthetic_jets_per_group, seed=config.seed)
     if root is None:
         raise ValueError("config.data.root is not set: point it at the JetClass-II folder "
@@ -256,6 +259,15 @@ class StepMetrics:
         return steps[-1], {k: float(np.mean([v[k] for v in values])) for k in values[0]}
 
 
+def say_read_again(report, sample, key):
+    """One line when `sample` read jets again (DataReport 'jets_read_again': it asked for more jets of a class
+    than one pass over its files gave)."""
+    again = report.counts.get("jets_read_again", 0)
+    if again:
+        print(f"data: {sample} needed a second pass over its files ({again} jets read again): it asks for more "
+              f"jets of a class than the split holds, so some jets repeat; lower {key} to draw each jet once")
+
+
 def micro_batch_size(config):
     """Jets per compiled step: the global batch `train.batch_size`, split into `train.accumulate` micro
     batches whose gradients are averaged before each update (optax.MultiSteps)."""
@@ -281,12 +293,14 @@ def stop_agreed(stop, step, every):
 
 
 def fit(config, workdir):
-    """Train a run in `workdir` (supervised, pretrain, finetune or probe), resuming where it stopped;
+    """Train a run in `workdir` (supervised, pretrain or finetune; the probe: jetjax.probe), resuming where it stopped;
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
     from jetjax import finetune, objectives
     from jetjax.data.classes import task_scheme
     from jetjax.data.readers import DataReport
 
+    if config.mode == "probe":
+        raise ValueError("mode 'probe' is fitted by jetjax.probe.fit (python -m jetjax.main runs it), not trained")
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
     compilation.use_persistent_cache(config)
     encoder = getattr(model, "encoder", None)  # None: the VQ-VAE tokenizer (float32, no representation to probe)
@@ -312,7 +326,7 @@ def fit(config, workdir):
     tx = accumulated(optim.make_optimizer(epochs * steps_per_epoch // accumulate, **config.optimizer,
                                           **finetune.optimizer_settings(config, config.model.num_layers)), accumulate)
     state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
-    if config.mode in ("finetune", "probe"):
+    if config.mode == "finetune":
         if not config.train.init_from:
             raise ValueError(f"mode={config.mode!r} needs train.init_from, the workdir of a pretraining run")
         state = load_encoder(state, config.train.init_from)
@@ -331,8 +345,9 @@ def fit(config, workdir):
     feeder, eval_feeder = (Feeder(model, mesh, config.data.num_particles, layout) for _ in range(2))
     embed_step, bare_feeder = knn_validation.make_embed_step(model), Feeder(
         objectives.EncoderLengths(), mesh, config.data.num_particles, layout)
+    validation_report = DataReport()
     validation_batches = functools.partial(pipeline.validation_batches, **data, num_jets=config.data.val_size,
-                                           batch_size=batch_size, seed=config.seed + 1)
+                                           batch_size=batch_size, seed=config.seed + 1, report=validation_report)
     class_names = task_scheme(config.data).names
     log, pending = MetricsLog(workdir), StepMetrics(workdir, steps_per_epoch)
     with compilation.CompileLog() as startup:
@@ -374,6 +389,8 @@ def fit(config, workdir):
                     log.write("train", *logged)
                 validation = run_eval(state, eval_step, eval_feeder, validation_batches(), batch_size,
                                       layout.eval_window)
+                if epoch == record["epoch"]:
+                    say_read_again(validation_report, "the validation sample", "config.data.val_size")
                 name, value, higher_is_better = selection_value(config, validation, class_names)
                 if knn_samples:
                     embedded = [run_eval(state, embed_step, bare_feeder, iter(sample), batch_size, layout.eval_window,
@@ -397,7 +414,8 @@ def fit(config, workdir):
         log.close()
         checkpoints.close()
         if main:
-            (workdir / "data_report.json").write_text(json.dumps(report.as_dict(), indent=2))
+            (workdir / "data_report.json").write_text(json.dumps(
+                {**report.as_dict(), "validation": validation_report.as_dict()}, indent=2))
     if config.mode in CLASSIFIER_MODES:
         evaluate(config, workdir)
     return record
@@ -445,5 +463,20 @@ def evaluate(config, workdir):
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),
                         labels=result["labels"], embeddings=result.get("embeddings", np.zeros((0,))))
     metrics.write_json(out / "metrics.json", values)
-    print(report.write_tables({run.name: values}, out, titles=dict(zip(scheme.names, scheme.titles))))
+    saved = json.loads((run / "config.json").read_text())
+    title = saved.get("evaluate", {}).get("title") or run_title(saved)
+    print(report.write_tables({title: values}, out, titles=dict(zip(scheme.names, scheme.titles))))
     return values
+
+
+MODE_TITLES = {"supervised": "Supervised", "finetune": "Fine-tuned", "probe": "Linear probe"}
+
+
+def run_title(saved):
+    """The row name of a classifier run's tables from its saved config (a dict) when `evaluate.title` is unset:
+    what trained it, e.g. 'Fine-tuned (adapter), 100 labels'."""
+    title = MODE_TITLES.get(saved["mode"], saved["mode"])
+    if saved["mode"] == "finetune":
+        title += f" ({saved.get('finetune', {}).get('method', 'full')})"
+    budget = saved["data"].get("label_budget", 0)
+    return f"{title}, {budget} labels" if budget else title

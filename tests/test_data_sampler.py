@@ -192,3 +192,41 @@ def test_length_grouped_sampler_keeps_the_epoch_groups_by_multiplicity_and_resum
             np.testing.assert_array_equal(x[k], y[k])
     again = list(sampler(dataset, length_window=5).batches(1))
     np.testing.assert_array_equal(np.concatenate([x["label"] for x in again]), np.concatenate([x["label"] for x in b]))
+
+
+def test_a_validation_sample_larger_than_its_split_is_reported_once_with_its_counts(dataset, capsys):
+    from jetjax import train
+
+    # the val split holds 300 jets per file group (3000 x 10%, ~840 of the task): 250 jets are drawn once each,
+    # 2000 need files read again
+    small, large = DataReport(), DataReport()
+    for report, jets in ((small, 250), (large, 2000)):
+        batches = list(pipeline.validation_batches(dataset, num_jets=jets, num_particles=32, batch_size=250, seed=1,
+                                                   report=report, pool_size=1, chunk_size=100))
+        assert sum(len(b["label"]) for b in batches) == jets
+        distinct = {jet.tobytes() for b in batches for jet in b["features"]}
+        assert len(distinct) == jets if report is small else len(distinct) < jets
+    assert "jets_read_again" not in small.counts
+    assert large.counts["jets_read_again"] >= 2000 - 3 * 300
+    assert large.as_dict()["meaning"]["jets_read_again"].startswith("drawn again:")
+    train.say_read_again(small, "the validation sample", "config.data.val_size")
+    assert capsys.readouterr().out == ""
+    train.say_read_again(large, "the validation sample", "config.data.val_size")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and f"({large.counts['jets_read_again']} jets read again)" in out
+    assert "config.data.val_size" in out
+
+
+def test_every_counter_is_explained_as_cut_repaired_dropped_or_drawn_again():
+    import ast
+    from pathlib import Path
+
+    from jetjax.data.readers import COUNTERS
+
+    sources = (Path(__file__).resolve().parents[1] / "jetjax").rglob("*.py")
+    counted = {node.args[0].value for path in sources for node in ast.walk(ast.parse(path.read_text()))
+               if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "count" and node.args
+               and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)}
+    counted |= {"particles_nonfinite_dropped", "particles_nonpositive_pt_dropped"}  # passed as a reason
+    assert counted == set(COUNTERS)
+    assert {kind for kind, _ in COUNTERS.values()} == {"cut", "repaired", "dropped", "drawn again"}

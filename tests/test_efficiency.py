@@ -3,8 +3,12 @@ values, its label budget and its seed; the report's mean and std against the sta
 skipped; a tiny study end to end writes its table and figure and a rerun skips every stage (slow: each tiny run
 costs about 35 s of CPU, mostly tracing and lowering the engine's programs)."""
 import csv
+import os
+import subprocess
+import sys
 import json
 import statistics
+from pathlib import Path
 
 import ml_collections
 import numpy as np
@@ -15,6 +19,8 @@ from configs import efficiency_quickstart, transfer_quark_gluon, transfer_top_la
 from jetjax import efficiency, metrics
 from jetjax.data.classes import JETCLASS2_7
 from tests.test_study import differences
+
+ROOT = Path(__file__).resolve().parents[1]
 
 EXISTING = ("scratch", "probe", "finetune")
 """The methods the engine runs today ('adapter' needs the fine-tuning modes' config.finetune section)."""
@@ -161,3 +167,31 @@ def test_a_schedule_too_short_for_its_warmup_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="warmup_steps=60"):
         efficiency.run(config, tmp_path)
     assert not any(tmp_path.iterdir())
+
+
+PARSE = """
+import sys
+from absl import flags
+from ml_collections import config_flags
+from jetjax import efficiency
+config = config_flags.DEFINE_config_file("config", lock_config=True)
+flags.FLAGS(sys.argv)
+stages = efficiency.stages(config.value, "workdir")
+print(stages[0][0], stages[0][2].data.root, stages[0][2].data.format, stages[-1][2].data.root)
+"""
+
+
+@pytest.mark.parametrize("name", ["efficiency", "efficiency_quickstart", "transfer_top_landscape"])
+def test_documented_pretrain_data_override_reaches_the_pretraining_stage(name):
+    # docs/efficiency.md: --config.efficiency.pretrain_data.root=data/jetclass2_sim on any efficiency config,
+    # parsed as jetjax.main parses it (a locked config: unknown keys fail)
+    done = subprocess.run([sys.executable, "-c", PARSE, f"--config=configs/{name}.py",
+                           "--config.efficiency.pretrain_data.root=data/jetclass2_sim",
+                           "--config.efficiency.pretrain_data.format=parquet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    stage, root, file_format, classifier_root = done.stdout.split()
+    expected_classifier_root = {"efficiency": "data/jetclass2_sim", "efficiency_quickstart": "None",
+                                "transfer_top_landscape": "data/TopLandscape"}[name]
+    assert (stage, root, file_format, classifier_root) == ("pretrain", "data/jetclass2_sim", "parquet",
+                                                           expected_classifier_root)

@@ -92,3 +92,36 @@ def test_errors_name_the_key(run, tmp_path):
         predict_into(run, tmp_path / "scores.parquet", str(bad))
     with pytest.raises(FileNotFoundError, match="predict.run"):
         predict_into(tmp_path, tmp_path / "scores.parquet", str(bad))
+
+
+def test_the_runs_column_map_is_the_default_and_overrides_change_only_what_differs(run, tmp_path):
+    import shutil
+
+    source = next((run.parent / "data" / "test").glob("*.parquet"))
+    expected = predict_into(run, tmp_path / "plain.parquet", str(source))
+    plain = pq.read_table(tmp_path / "plain.parquet").to_pandas()
+    # a run trained on files whose px is stored as 'px' (its config.json maps it)
+    renamed_run = tmp_path / "renamed_run"
+    shutil.copytree(run, renamed_run, ignore=shutil.ignore_patterns("evaluation"))
+    run_config = json.loads((renamed_run / "config.json").read_text())
+    run_config["data"]["columns"]["part_px"] = "px"
+    (renamed_run / "config.json").write_text(json.dumps(run_config))
+    table = pq.read_table(source)
+    renamed = tmp_path / source.name
+    pq.write_table(table.rename_columns(["px" if n == "part_px" else n for n in table.column_names]), renamed)
+    # the new files stored like the run's: no data override at all
+    assert predict_into(renamed_run, tmp_path / "a.parquet", str(renamed))["jets_written"] == expected["jets_written"]
+    a = pq.read_table(tmp_path / "a.parquet").to_pandas()
+    np.testing.assert_array_equal(a["score_qcd"], plain["score_qcd"])
+    # new files that differ in one column: only that column is given, the run's other names stay
+    other = tmp_path / "other" / source.name
+    other.parent.mkdir()
+    pq.write_table(table.rename_columns(["px_new" if n == "part_px" else n for n in table.column_names]), other)
+    c = predict_config.get_config()
+    c.predict.update(dict(run=str(renamed_run), files=str(other), out=str(tmp_path / "b.parquet"), chunk_size=40))
+    c.data.columns.part_px = "px_new"
+    predict.run(c)
+    np.testing.assert_array_equal(pq.read_table(tmp_path / "b.parquet").to_pandas()["score_qcd"], plain["score_qcd"])
+    # without the override the run's name 'px' is looked for, and the file is reported as unreadable
+    with pytest.raises(ValueError, match="none of the 1 input files could be read"):
+        predict_into(renamed_run, tmp_path / "c.parquet", str(other))

@@ -129,6 +129,13 @@ class LabelledSampler:
         total, size = self.batches_per_epoch * self.batch_size, len(self.labels)
         return np.concatenate([rng.permutation(size) for _ in range(-(-total // size))])[:total]
 
+    def each_jet_once(self):
+        """The subset in its labelled order, every jet once, in batches of `batch_size` (the last may be short)."""
+        for start in range(0, len(self.labels), self.batch_size):
+            rows = np.arange(start, min(start + self.batch_size, len(self.labels)))
+            yield feats.to_batch(self.chunk.take(rows), self.labels[rows], self.feature_set, self.num_particles,
+                                 self.report)
+
     def batches(self, epoch=0, start_batch=0):
         rows = self.epoch_rows(epoch)
         for b in range(start_batch, self.batches_per_epoch):

@@ -93,6 +93,22 @@ def test_batches(root=None, feature_set="kin", num_particles=128, batch_size=256
                            DataReport() if report is None else report, column_map)
 
 
+def with_overrides(data, overrides):
+    """A copy of the data config `data` with every value of `overrides` (nested ConfigDicts or dicts, the same
+    keys) that is set (not None) written in: efficiency.pretrain_data, predict's input files."""
+    data = data.copy_and_resolve_references()
+
+    def write(target, values):
+        for key, value in values.items():
+            if hasattr(value, "items"):
+                write(target[key], value)
+            elif value is not None:
+                target[key] = value
+
+    write(data, overrides)
+    return data
+
+
 def column_map(data):
     """The readers.ColumnMap of a data config (`data.columns`, `data.tree`), checked against its feature set:
     errors name the config key."""

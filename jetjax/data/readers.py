@@ -76,9 +76,27 @@ class MissingColumnError(DataError):
     """A file lacks a column the data config needs (never skipped: the config and the data disagree)."""
 
 
+COUNTERS = {
+    "particles_truncated": ("cut", "particles beyond the data.num_particles hardest of their jet (the slot cut, as "
+                                   "in ParT); the jet four-vector still sums all of them"),
+    "particles_energy_raised_to_momentum": ("repaired", "particles stored with E below |p|, mostly massless ones "
+                                            "whose float32 components round E a few 1e-8 below |p|; E set to |p| "
+                                            "(mass 0, not imaginary). Nothing is dropped"),
+    "values_nonfinite_zeroed": ("repaired", "non-finite particle values other than the four-vector, set to 0"),
+    "particles_nonfinite_dropped": ("dropped", "particles with a non-finite four-vector component"),
+    "particles_nonpositive_pt_dropped": ("dropped", "particles with pT <= 0"),
+    "jets_empty_dropped": ("dropped", "jets with no particle (left)"),
+    "jets_bad_kinematics_dropped": ("dropped", "jets whose four-vector is non-finite or has pT <= 0 or E <= 0"),
+    "jets_read_again": ("drawn again", "jets read a second time within one epoch or validation sample: the "
+                                       "sample asks for more jets of a file group than its files hold"),
+}
+"""Each counter of a DataReport: (kind: cut | repaired | dropped | drawn again, what it counts)."""
+
+
 @dataclass
 class DataReport:
-    """What the data stage excluded, repaired, dropped or skipped. Printable; `as_dict()` for JSON."""
+    """What the data stage excluded, repaired, dropped or skipped. Printable; `as_dict()` for JSON (with the
+    meaning of each counter, COUNTERS)."""
     counts: Counter = field(default_factory=Counter)
     excluded_labels: Counter = field(default_factory=Counter)
     skipped_files: list = field(default_factory=list)
@@ -97,13 +115,15 @@ class DataReport:
 
     def as_dict(self):
         return {"counts": dict(sorted(self.counts.items())),
+                "meaning": {k: f"{COUNTERS[k][0]}: {COUNTERS[k][1]}" for k in sorted(self.counts) if k in COUNTERS},
                 "excluded_labels": {str(k): v for k, v in sorted(self.excluded_labels.items())},
                 "excluded_jets": sum(self.excluded_labels.values()),
                 "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files]}
 
     def __str__(self):
         d = self.as_dict()
-        lines = ["data report:"] + [f"  {k}: {v}" for k, v in d["counts"].items()]
+        lines = ["data report:"] + [f"  {k}: {v}" + (f" ({COUNTERS[k][0]})" if k in COUNTERS else "")
+                                    for k, v in d["counts"].items()]
         lines.append(f"  excluded jets (labels outside the task): {d['excluded_jets']}"
                      + (f" by label {d['excluded_labels']}" if d["excluded_labels"] else ""))
         lines += [f"  skipped file {p}: {r}" for p, r in self.skipped_files]

@@ -5,7 +5,8 @@ scheme's target fractions exactly (counts by largest remainder, then a random pe
 epoch's class sequence cut into batches). Each class's jets come from a shuffle buffer filled from its
 file group's stream: a pool of `pool_size` open files read chunk by chunk, a random pool member per
 chunk, files in a random order reshuffled at every pass (so a small
-dataset is oversampled, a large one is sampled without repetition within a pass). Jets of other
+dataset is oversampled, a large one is sampled without repetition within a pass). A new pass starts only when
+a buffer cannot serve a draw, and the jets it reads are counted ('jets_read_again' in the data report). Jets of other
 classes met while filling a buffer go to their own buffers while those have room (a random subset when
 they have less room than jets); the rest are unused. Draws from a buffer are uniform at random.
 
@@ -68,24 +69,41 @@ def iter_file_chunks(chunks, path, skip_bad_files, report):
 
 
 class GroupStream:
-    """Endless chunks from the files of one file group, mixed over a pool of open files (module doc)."""
+    """Endless chunks from the files of one file group, mixed over a pool of open files (module doc). Jets read
+    again (from a file opened in a second or later pass over the group) are counted in `report` as
+    'jets_read_again': an epoch or validation sample larger than the split draws some jets twice."""
 
-    def __init__(self, group, files, rng, read, pool_size):
+    def __init__(self, group, files, rng, read, pool_size, report=None):
         self.group, self.files, self.rng, self.read = group, list(files), rng, read
         self.pool_size = min(pool_size, len(self.files))
         self.queue, self.pool, self.passes = deque(), [], 0
+        self.report = DataReport() if report is None else report
 
-    def _open_next(self):
+    def _open_next(self, new_pass):
+        """Open the next file of this pass, or of a new pass when the pass is done and `new_pass` (or nothing
+        was read yet); False when no file was opened."""
         if not self.queue:
+            if not new_pass and self.passes:
+                return False
             self.passes += 1
             self.queue.extend(self.files[i] for i in self.rng.permutation(len(self.files)))
-        self.pool.append(self.read(self.queue.popleft()))
+        self.pool.append(self._counted(self.read(self.queue.popleft()), again=self.passes > 1))
+        return True
 
-    def next_chunk(self):
+    def _counted(self, chunks, again):
+        for chunk in chunks:
+            if again:
+                self.report.count("jets_read_again", len(chunk))
+            yield chunk
+
+    def next_chunk(self, new_pass=True):
+        """The next non-empty chunk; without `new_pass`, None once every file of the current pass is read."""
         empty_opens = 0
         while True:
-            while len(self.pool) < self.pool_size:
-                self._open_next()
+            while len(self.pool) < self.pool_size and self._open_next(new_pass):
+                pass
+            if not self.pool:
+                return None
             member = int(self.rng.integers(len(self.pool)))
             chunk = next(self.pool[member], None)
             if chunk is not None:
@@ -170,15 +188,19 @@ class StratifiedSampler:
         return iter_file_chunks(read(path, self.columns, self.scheme.label_branches, self.chunk_size,
                                      self.column_map), path, self.skip_bad_files, self.report)
 
-    def _fill(self, buffers, stream, needed_class, target):
-        """Read chunks of `stream` until the buffer of `needed_class` holds `target` jets."""
+    def _fill(self, buffers, stream, needed_class, target, needed):
+        """Read chunks of `stream` until the buffer of `needed_class` holds `target` jets, or, once it holds the
+        `needed` ones, until the end of the current pass over the files (jets are read again only when needed)."""
         first_pass = stream.passes
         while len(buffers[needed_class]) < target:
             if stream.passes > first_pass + 1 and len(buffers[needed_class]) == 0:
                 raise DataError(f"the files of group {stream.group!r} hold no jets of class "
                                 f"{self.scheme.classes[needed_class].name!r}")
+            raw = stream.next_chunk(new_pass=len(buffers[needed_class]) < needed)
+            if raw is None:
+                return
             room = [self.buffer_size - len(buffer) for buffer in buffers]
-            chunk, labels = task_jets(stream.next_chunk(), self.scheme, self.report, room, stream.rng)
+            chunk, labels = task_jets(raw, self.scheme, self.report, room, stream.rng)
             for k, buffer in enumerate(buffers):
                 rows = np.flatnonzero(labels == k)
                 if len(rows):
@@ -196,7 +218,7 @@ class StratifiedSampler:
         rng = np.random.default_rng((self.seed, epoch))
         sequence = self.class_sequence(rng)
         streams = {g: GroupStream(g, files, np.random.default_rng((self.seed, epoch, i)),
-                                  lambda path: self._read(path, read), self.pool_size)
+                                  lambda path: self._read(path, read), self.pool_size, self.report)
                    for i, (g, files) in enumerate(sorted(self.groups.items()))}
         buffers = [ClassBuffer() for _ in self.scheme.classes]
         for b in range(self.batches_per_epoch):
@@ -207,7 +229,7 @@ class StratifiedSampler:
                 if n == 0:
                     continue
                 if len(buffers[k]) < n:
-                    self._fill(buffers, streams[c.file_group], k, max(n, self.buffer_size // 2))
+                    self._fill(buffers, streams[c.file_group], k, max(n, self.buffer_size // 2), n)
                 parts.append(buffers[k].draw(n, rng))
                 order.append(np.flatnonzero(labels == k))
             if b < start_batch:

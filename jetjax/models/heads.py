@@ -3,7 +3,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax.models.layers import LN_EPS, Block, Dropout, MaskedBatchNorm, gelu, torch_linear_init
+from jetjax.models.layers import Block, Dropout, MaskedBatchNorm, gelu, torch_linear_init
 from jetjax.models.layout import DenseLayout
 
 
@@ -28,9 +28,11 @@ class Classifier(nn.Module):
 
 
 class BlockMixClassifier(nn.Module):
-    """Adapter on a frozen encoder (seed 003's design): a learned softmax-weighted mix of every block's output
-    (`blocks` (B, L, E), ParT's `block_outputs`; the mix starts uniform), LayerNorm, then a `Classifier`
-    ('linear' or 'mlp')."""
+    """Adapter on a frozen encoder (seed 003's design): every block's output (`blocks` (B, L, E), ParT's
+    `block_outputs`) standardised per block and dimension (BatchNorm without scale or offset: batch statistics
+    in training, running ones in evaluation, as the linear probes of MAE), a learned softmax-weighted mix of
+    the blocks (starting uniform), then a `Classifier` ('linear' or 'mlp'). A frozen encoder's outputs carry
+    large offsets and a small spread across jets; standardised, a head trains on them at usual rates."""
 
     num_classes: int
     kind: str = "linear"
@@ -40,9 +42,10 @@ class BlockMixClassifier(nn.Module):
 
     @nn.compact
     def __call__(self, blocks, train: bool = False):
+        blocks = nn.BatchNorm(use_running_average=not train, momentum=0.9, use_bias=False, use_scale=False,
+                              axis=(1, 2), name="standardise")(blocks)
         mix_logits = self.param("mix_logits", nn.initializers.zeros, (blocks.shape[1],))
         mixed = jnp.einsum("l,ble->be", jax.nn.softmax(mix_logits), blocks)
-        mixed = nn.LayerNorm(epsilon=LN_EPS, name="norm")(mixed)
         return Classifier(self.num_classes, self.kind, self.hidden, self.dropout, self.dtype, name="classifier")(
             mixed, train)
 
