@@ -42,6 +42,7 @@ def get_config():
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
+        pair_mass="reference",         # reference | stable: ln m^2 of a pair as weaver, or massless and exact (physics.py)
         ffn="gelu", ffn_ratio=4.0, dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, drop_path=0.0,
         layer_scale_init=config_dict.placeholder(float), head="linear", head_hidden=256, head_dropout=0.1,
         dtype="auto"))                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU (jetjax.devices)

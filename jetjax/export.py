@@ -118,6 +118,7 @@ def signature(config, outputs, encoder):
              "unit": f"GeV, every particle scaled so that the jet pT is {JET_PT_GEV:g} GeV"},
             {"name": "mask", "shape": ["batch", slots], "dtype": "bool", "meaning": "True for a real particle"}],
         "outputs": [output_specs[name] for name in outputs],
+        "pair_mass": {"mode": encoder.pair_mass, "definition": PAIR_MASS_DEFINITIONS[encoder.pair_mass]},
         "jets": "particles sorted by decreasing pT, the hardest P kept, real particles first, padded slots zero; "
                 "angles about the stored jet axis (jetjax.data.features.to_batch)",
     }
@@ -196,6 +197,13 @@ def load_stablehlo(path):
     return jax.jit(jax.export.deserialize(bytearray(Path(path).read_bytes())).call)
 
 
+PAIR_MASS_DEFINITIONS = {
+    "reference": "ln m^2 pair feature from E^2 - |p|^2 of p_i + p_j (the ParT reference; rounding noise for "
+                 "(nearly) massless pairs)",
+    "stable": "ln m^2 pair feature from 2 pT_i pT_j (cosh dy - cos dphi), the particles taken as massless "
+              "(jetjax.physics.massless_pair_mass2)"}
+
+
 def weaver_model_settings(config, encoder):
     """Arguments of weaver's `ParticleTransformer` that rebuild the exported model (then `.eval()`)."""
     return {"input_dim": len(FEATURE_SETS[config.data.feature_set]), "num_classes": encoder.num_classes,
@@ -208,6 +216,9 @@ def weaver_model_settings(config, encoder):
 def write_weaver(config, encoder, variables, out, weaver_version):
     """The encoder as a weaver state_dict (.pt / .npz); returns its description (weaver's model arguments,
     inputs in weaver's channel-first layout)."""
+    if encoder.pair_mass != "reference":
+        raise ValueError(f"the run has model.pair_mass={encoder.pair_mass!r}: weaver's ParticleTransformer computes "
+                         "the reference pair mass, so it would not be this model; export it as onnx or stablehlo")
     save_state_dict(to_state_dict(variables, weaver_version), out)
     description = signature(config, ("z",), encoder)
     slots, features, vectors, mask = config.data.num_particles, *description["inputs"]

@@ -60,22 +60,38 @@ def mass2(v):
     return v[..., 3] ** 2 - ((v[..., 0] ** 2 + v[..., 1] ** 2) + v[..., 2] ** 2)
 
 
+def massless_pair_mass2(kin_i, kin_j):
+    """m^2 of the pair taken as massless particles at their pT, rapidity and azimuth (`pair_kinematics`):
+    2 pT_i pT_j (cosh dy - cos dphi), written 2 pT_i pT_j (2 sinh^2(dy / 2) + 2 sin^2(dphi / 2)) so that no term
+    cancels: >= 0 and accurate to a few float32 roundings of dy and dphi for every pair, exactly 0 for a
+    particle with itself. E^2 - |p|^2 of the summed four-vector (`mass2`) is instead rounding noise where the
+    pair is (nearly) massless (a photon with itself, near-collinear photons), which ln m^2 amplifies."""
+    xp = _xp(kin_i)
+    half_dy, half_dphi = (xp.abs(kin_i[..., k] - kin_j[..., k]) / 2 for k in (1, 2))  # abs: exactly symmetric
+    return 4 * (kin_i[..., 0] * kin_j[..., 0]) * (xp.sinh(half_dy) ** 2 + xp.sin(half_dphi) ** 2)
+
+
+PAIR_MASSES = ("reference", "stable")
+"""model.pair_mass: the ParT reference's m^2 = (p_i + p_j)^2 (bit-faithful to weaver), or `massless_pair_mass2`."""
+
+
 def pair_kinematics(v):
     """(..., 3) pT, rapidity, phi of each particle: what the pair features need of each member of a pair."""
     xp = _xp(v)
     return xp.stack([pt(v), rapidity(v), phi(v)], axis=-1)
 
 
-def pair_features(v_i, v_j, kin_i=None, kin_j=None):
+def pair_features(v_i, v_j, kin_i=None, kin_j=None, pair_mass="reference"):
     """ParT pairwise interaction features of particle pairs (i, j), elementwise over broadcast shapes.
 
     Args:
       v_i, v_j: (..., 4) four-vectors (px, py, pz, E) of the two particles of each pair; all pairs of one
         jet's particles v (P, 4) are `pair_features(v[:, None], v[None, :])`.
       kin_i, kin_j: optionally `pair_kinematics` of v_i and v_j, computed once per particle by the caller.
+      pair_mass: 'reference' m^2 = (p_i + p_j)^2 as E^2 - |p|^2; 'stable' `massless_pair_mass2`.
     Returns:
       (..., 4) array [ln kT, ln z, ln dR, ln m^2], symmetric under i <-> j: dR is the rapidity-azimuth
-      distance, kT = min(pT_i, pT_j) dR, z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 = (p_i + p_j)^2;
+      distance, kT = min(pT_i, pT_j) dR, z = min(pT_i, pT_j) / (pT_i + pT_j), m^2 as `pair_mass` says;
       each clamped at EPS before the log.
     """
     xp = _xp(v_i)
@@ -86,5 +102,7 @@ def pair_features(v_i, v_j, kin_i=None, kin_j=None):
     pt_min = xp.minimum(pt_i, pt_j)
     kt = pt_min * dr
     z = pt_min / xp.maximum(pt_i + pt_j, EPS)
-    m2 = mass2(v_i + v_j)
+    if pair_mass not in PAIR_MASSES:
+        raise ValueError(f"model.pair_mass must be one of {PAIR_MASSES}, got {pair_mass!r}")
+    m2 = mass2(v_i + v_j) if pair_mass == "reference" else massless_pair_mass2(kin_i, kin_j)
     return xp.stack([xp.log(xp.maximum(x, EPS)) for x in (kt, z, dr, m2)], axis=-1)

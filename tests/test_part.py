@@ -35,9 +35,10 @@ def test_parameter_count_equals_reference(channels, expected):
     assert count(shapes["params"]) == expected
 
 
-def test_permutation_invariance():
+@pytest.mark.parametrize("pair_mass", ["reference", "stable"])
+def test_permutation_invariance(pair_mass):
     f, v, m = jets(1)
-    model = ParT(**TINY)
+    model = ParT(**TINY, pair_mass=pair_mass)
     variables = model.init(jax.random.key(0), f, v, m)
     rng = np.random.default_rng(2)
     perm = np.stack([rng.permutation(f.shape[1]) for _ in range(f.shape[0])])
@@ -55,14 +56,15 @@ def pad_with_garbage(x, extra, rng):
     return np.concatenate([x, garbage.astype(x.dtype)], axis=1)
 
 
+@pytest.mark.parametrize("pair_mass", ["reference", "stable"])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
-def test_padding_invariance(train):
+def test_padding_invariance(train, pair_mass):
     """Extra slots full of garbage (huge values, NaN, inf) change no output and no BatchNorm statistic."""
     f, v, m = jets(3, slots=24)
     rng = np.random.default_rng(4)
     f2, v2 = pad_with_garbage(f, 8, rng), pad_with_garbage(v, 8, rng)
     m2 = np.concatenate([m, np.zeros((m.shape[0], 8), bool)], axis=1)
-    model = ParT(**TINY, **NO_RANDOMNESS)
+    model = ParT(**TINY, **NO_RANDOMNESS, pair_mass=pair_mass)
     variables = model.init(jax.random.key(0), f, v, m)
     # move the running statistics away from their initial values so eval mode exercises them
     _, stats = model.apply(variables, f, v, m, train=True, mutable=["batch_stats"])
@@ -194,6 +196,8 @@ def test_bad_config_names_the_key():
         ParT(**TINY, ffn="swiglu").init(jax.random.key(0), f, v, m)
     with pytest.raises(ValueError, match="model.head"):
         ParT(**TINY, head="deep").init(jax.random.key(0), f, v, m)
+    with pytest.raises(ValueError, match="model.pair_mass"):
+        ParT(**TINY, pair_mass="exact").init(jax.random.key(0), f, v, m)
 
 
 def test_dropout_keeps_each_element_with_probability_one_minus_rate_independently():

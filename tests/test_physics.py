@@ -60,3 +60,44 @@ def test_wrap_phi_range_and_rapidity():
     v = random_particles(np.random.default_rng(1), 50)
     np.testing.assert_allclose(physics.rapidity(v), 0.5 * np.log((v[:, 3] + v[:, 2]) / (v[:, 3] - v[:, 2])))
     np.testing.assert_allclose(physics.pseudorapidity(v), np.arctanh(v[:, 2] / np.linalg.norm(v[:, :3], axis=-1)))
+
+
+def massless(pt, y, phi):
+    return np.stack([pt * np.cos(phi), pt * np.sin(phi), pt * np.sinh(y), pt * np.cosh(y)], -1)
+
+
+@pytest.mark.parametrize("xp", [np, jnp], ids=["numpy", "jax"])
+def test_massless_pair_mass_is_the_float64_mass_of_massless_particles(xp):
+    rng = np.random.default_rng(5)
+    pt, y, phi = rng.exponential(20, 40) + 0.5, rng.normal(0, 1, 40), rng.uniform(-np.pi, np.pi, 40)
+    dy = 10.0 ** rng.uniform(-4, -2, 20)
+    y[20:], phi[20:] = y[:20] + dy, phi[:20]  # near-collinear partners
+    v = massless(pt, y, phi)
+    expected = physics.mass2(v[:, None] + v[None, :])  # float64: exact enough for every pair but the closest
+    kin = physics.pair_kinematics(xp.asarray(v, xp.float32 if xp is jnp else np.float64))
+    got = np.asarray(physics.massless_pair_mass2(kin[:, None], kin[None, :]), np.float64)
+    far = expected > 1e-4 * (v[:, None, 3] + v[None, :, 3]) ** 2
+    np.testing.assert_allclose(got[far], expected[far], rtol=1e-9 if xp is np else 2e-3)
+    assert np.all(got >= 0) and np.all(np.diag(got) == 0)
+    np.testing.assert_array_equal(got, got.T)
+    # near-collinear pairs: 2 pT_i pT_j (cosh dy - 1) as its series in dy, float64 (float32 keeps dy to ~1e-7)
+    close = 2 * pt[:20] * pt[20:] * (dy ** 2 / 2 + dy ** 4 / 24 + dy ** 6 / 720)
+    np.testing.assert_allclose(np.diagonal(got[:20, 20:]), close, rtol=1e-9 if xp is np else 1e-2)
+
+
+def test_stable_ln_m2_is_not_moved_by_one_rounding_step_where_the_reference_is():
+    # photon pairs at dR 1e-3 ... 1e-2: the reference's E^2 - |p|^2 cancels to a few float32 roundings of E^2
+    rng = np.random.default_rng(6)
+    pt, y, phi = rng.exponential(20, 30) + 1.0, rng.normal(0, 1, 30), rng.uniform(-np.pi, np.pi, 30)
+    v = np.concatenate([massless(pt, y, phi), massless(pt, y + 10.0 ** rng.uniform(-3, -2, 30), phi)])
+    v = v.astype(np.float32)
+    moved = np.nextafter(v, (np.inf * rng.choice([-1.0, 1.0], v.shape)).astype(np.float32))
+    assert moved.dtype == np.float32 and np.all(moved != v)
+    change = {}
+    for pair_mass in physics.PAIR_MASSES:
+        a, b = (np.asarray(physics.pair_features(jnp.asarray(x)[:, None], jnp.asarray(x)[None, :],
+                                                 pair_mass=pair_mass))[..., 3] for x in (v, moved))
+        change[pair_mass] = np.max(np.abs(a - b))
+    assert change["reference"] > 0.1 and change["stable"] < 1e-2, change
+    with pytest.raises(ValueError, match="model.pair_mass"):
+        physics.pair_features(v[:, None], v[None, :], pair_mass="exact")

@@ -62,12 +62,13 @@ class PairEmbed(nn.Module):
 
     dims: Sequence[int]
     dtype: jnp.dtype
+    pair_mass: str = "reference"
 
     @nn.compact
     def __call__(self, vectors, layout, train):
         (v_i, kin_i), (v_j, kin_j) = zip(*(layout.pair_rows(x) for x in (vectors, physics.pair_kinematics(vectors))))
         pair_mask = layout.pair_mask
-        x = physics.pair_features(v_i, v_j, kin_i, kin_j)
+        x = physics.pair_features(v_i, v_j, kin_i, kin_j, self.pair_mass)
         if train or self.is_initializing():
             x = MaskedBatchNorm(name="input_bn")(x, pair_mask, train)
             for n, width in enumerate(self.dims):
@@ -120,6 +121,7 @@ class ParT(nn.Module):
     num_classes: Optional[int] = 10
     embed_dims: Sequence[int] = (128, 512, 128)
     pair_embed_dims: Sequence[int] = (64, 64, 64)
+    pair_mass: str = "reference"
     num_heads: int = 8
     num_layers: int = 8
     num_cls_layers: int = 2
@@ -136,6 +138,8 @@ class ParT(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
+        if self.pair_mass not in physics.PAIR_MASSES:
+            raise ValueError(f"model.pair_mass must be one of {physics.PAIR_MASSES}, got {self.pair_mass!r}")
         if self.ffn not in ("gelu", "geglu"):
             raise ValueError(f"model.ffn must be 'gelu' or 'geglu', got {self.ffn!r}")
         if self.embed_dims[-1] % self.num_heads:
@@ -175,7 +179,8 @@ class ParT(nn.Module):
         self.sow("intermediates", "embedding", layout.to_dense(x))
         pair_biases = None
         if self.pair_embed_dims:
-            pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, name="pair_embed")(
+            pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, self.pair_mass,
+                                    name="pair_embed")(
                 layout.rows(vectors), layout, stem_train)
             if first_trained is not None:
                 pair_biases = jax.lax.stop_gradient(pair_biases)
