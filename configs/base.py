@@ -42,7 +42,8 @@ def get_config():
     ))
     c.model = ml_collections.ConfigDict(dict(
         embed_dims=(128, 512, 128), pair_embed_dims=(64, 64, 64), num_heads=8, num_layers=8, num_cls_layers=2,
-        pair_mass="reference",         # reference | stable: ln m^2 of a pair as weaver, or massless and exact (physics.py)
+        pair_mass="stable",            # stable | reference: ln m^2 of the pair taken massless (exact), or as weaver
+                                       # (E^2 - |p|^2: rounding noise for massless pairs); jetjax.physics
         ffn="gelu", ffn_ratio=4.0, dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, drop_path=0.0,
         layer_scale_init=config_dict.placeholder(float), head="linear", head_hidden=256, head_dropout=0.1,
         dtype="auto"))                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU (jetjax.devices)
@@ -52,6 +53,7 @@ def get_config():
     c.train = ml_collections.ConfigDict(dict(
         epochs=20, batch_size=256, log_every=50,
         accumulate=1,                             # updates from batch_size / accumulate jets at a time, averaged
+        keep_checkpoints=2,                       # latest checkpoints kept (a damaged one falls back to the one before)
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
     c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)

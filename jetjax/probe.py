@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import scipy.optimize
 
-from jetjax import compilation, devices, knn_validation, metrics, objectives, parallel, train
+from jetjax import checks, compilation, devices, knn_validation, metrics, objectives, parallel, train
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -128,6 +128,7 @@ def fit(config, workdir):
     state = train.init_state(model, optax.set_to_zero(), train.example_batch(config, batch_size),
                              jax.random.key(config.seed))
     state = train.load_encoder(state, config.train.init_from)
+    checks.check_same_pair_mass(config, config.train.init_from)
     replicated = parallel.replicate(state, mesh)
     layout = layout_settings(config)
     embed_step = knn_validation.make_embed_step(model)

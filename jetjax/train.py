@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import tqdm
 
-from jetjax import compilation, devices, knn_validation, objectives, optim, parallel
+from jetjax import checks, compilation, devices, knn_validation, objectives, optim, parallel
 from jetjax.checkpoint import Checkpoints, best_checkpoint
 from jetjax.data import pipeline
 from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval
@@ -117,6 +117,7 @@ def build_model(config):
     from jetjax.data.classes import task_scheme
     from jetjax.models.part import ParT
 
+    checks.check_counts(config)
     mode = config.mode
     if mode not in MODES:
         raise ValueError(f"config.mode={mode!r} is not one of {MODES} (or 'study', 'efficiency', 'scaling', which run several)")
@@ -308,6 +309,9 @@ def fit(config, workdir):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     main = parallel.is_main_process()
+    changes = checks.compare_with_workdir(config, workdir)  # before config.json is overwritten
+    if changes and main:
+        print(f"{workdir}: resuming with changed settings: {'; '.join(changes)}")
     if main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     mesh = parallel.data_mesh()
@@ -330,7 +334,8 @@ def fit(config, workdir):
         if not config.train.init_from:
             raise ValueError(f"mode={config.mode!r} needs train.init_from, the workdir of a pretraining run")
         state = load_encoder(state, config.train.init_from)
-    checkpoints = Checkpoints(workdir)
+        checks.check_same_pair_mass(config, config.train.init_from)
+    checkpoints = Checkpoints(workdir, config.train.get("keep_checkpoints", 2))
     record = {"epoch": 0, "batch": 0, "best": None, "selection": None}
     restored = checkpoints.restore("latest", state)
     if restored is not None:
@@ -364,7 +369,8 @@ def fit(config, workdir):
           f"in {ahead['compile_s']:.1f} s ({ahead['cache_hits']} from the persistent cache)")
     try:
         with StopRequest() as stop, compilation.CompileLog() as compiled:
-            for epoch in range(record["epoch"], epochs):
+            first_epoch = record["epoch"]
+            for epoch in range(first_epoch, epochs):
                 bar = tqdm.tqdm(total=steps_per_epoch * batch_size, initial=record["batch"] * batch_size,
                                 unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{epochs}",
                                 disable=not main)
@@ -389,7 +395,7 @@ def fit(config, workdir):
                     log.write("train", *logged)
                 validation = run_eval(state, eval_step, eval_feeder, validation_batches(), batch_size,
                                       layout.eval_window)
-                if epoch == record["epoch"]:
+                if epoch == first_epoch:
                     say_read_again(validation_report, "the validation sample", "config.data.val_size")
                 name, value, higher_is_better = selection_value(config, validation, class_names)
                 if knn_samples:

@@ -41,7 +41,7 @@ def test_runs_differ_only_by_method_budget_and_seed(tmp_path):
         assert name == f"{method}/n{budget}/seed{seed}" and "efficiency" not in c
         assert (c.seed, c.data.label_budget, c.train.epochs) == (seed, budget, 20)
         assert c.mode == efficiency.METHODS[method][0]
-        allowed = {"seed", "data.label_budget"} | ({"mode", "train.init_from"} if method != "scratch" else set())
+        allowed = {"seed", "data.label_budget", "evaluate.title"} | ({"mode", "train.init_from"} if method != "scratch" else set())
         assert differences(c, reference) <= allowed, name
         if method != "scratch":
             assert c.train.init_from == str(tmp_path / "pretrain")

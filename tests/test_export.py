@@ -63,6 +63,7 @@ def tiny_config(mode="supervised"):
     c.mode = mode
     c.data.num_particles = TINY_SLOTS
     c.model.update(TINY)
+    c.model.pair_mass = "reference"  # exportable to weaver too
     return c
 
 
@@ -152,6 +153,7 @@ def reference(tmp_path_factory):
     and the first 32 of them cut to their hardest particle; and jetjax's outputs on them, op by op and jitted."""
     config = base.get_config()
     config.data.update(scheme="jetclass_10", num_particles=REFERENCE_SLOTS)
+    config.model.pair_mass = "reference"  # the weaver model's
     variables = convert_state_dict(load_state_dict(shared_path("reference", "part_weaver_v0417_kin.npz"),
                                                    prefix="param/"))
     run = write_run(tmp_path_factory.mktemp("reference") / "run", config, variables)

@@ -33,7 +33,7 @@ def test_sizes_differ_only_by_their_model_and_share_data_and_budget(tmp_path):
         assert c.mode == "finetune" and c.finetune.method == "adapter" and c.train.epochs == 20
         assert c.train.init_from == str(tmp_path / f"{size}_pretrain")
         assert {k: c.model[k] for k in sizes.SIZES[size]} == sizes.SIZES[size]
-        assert differences(c, finetunes[0][1]) <= model_keys | {"train.init_from"}
+        assert differences(c, finetunes[0][1]) <= model_keys | {"train.init_from", "evaluate.title"}
     config.scaling.finetune_epochs = 0
     assert all(size is None for _, size, _ in scaling.stages(config, tmp_path))
 
