@@ -1,7 +1,7 @@
 """A run that meets its own past, through the command line: a rerun with settings the workdir's state cannot
 take is refused in one line naming each key; a damaged latest checkpoint falls back to the one before; every
-size and count is checked by its own key. (A killed process of a 2-process run: tests/test_distributed.py;
-kill -9 then resume: tests/test_train.py.)"""
+size and count is checked by its own key. A run killed with -9 resumes from its last checkpoint. (A killed process of a 2-process run:
+tests/test_distributed.py; SIGTERM then a bit-identical resume: tests/test_train.py.)"""
 import json
 import shutil
 import subprocess
@@ -40,6 +40,28 @@ def copy_of(run_dir, tmp_path):
     target = tmp_path / "run"
     shutil.copytree(run_dir, target)
     return target
+
+
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    workdir = tmp_path / "run"
+    keys = {arg.split("=")[0] for arg in ("--config.train.epochs",)}
+    process = subprocess.Popen([sys.executable, "-m", "jetjax.main", "--config", "configs/quickstart.py",
+                                f"--workdir={workdir}", *[a for a in TINY_OVERRIDES if a.split("=")[0] not in keys],
+                                "--config.train.epochs=3"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True,
+                               env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    for line in process.stdout:  # epoch 1's checkpoint is complete, epoch 2's is being written: kill it there
+        if line.startswith("epoch 2:"):
+            process.kill()
+            break
+    assert process.wait(timeout=120) == -9
+    done = run(workdir, "--config.train.epochs=3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = [f"resuming {workdir} at epoch {e} batch 0 (step {e * STEPS_PER_EPOCH})" in done.stdout for e in (1, 2)]
+    assert any(resumed), done.stdout[-2000:]
+    stored = Checkpoints(workdir, keep_latest=2)
+    assert stored.latest_step("latest") == 3 * STEPS_PER_EPOCH
+    stored.close()
 
 
 def test_a_rerun_with_another_model_is_refused_naming_the_key(finished, tmp_path):
