@@ -108,9 +108,12 @@ def test_selection_is_the_brute_force_order_nested_and_deterministic(dataset):
     assert len(set(other.jets[labelled.ORDER_KEY]) & set(keys[:120])) < 12  # another seed, other jets
 
 
-def test_a_budget_beyond_the_split_names_the_class_and_the_key(dataset):
-    with pytest.raises(DataError, match=r"label_budget=3000 .*qqb_bcs needs 1000"):
+def test_a_budget_beyond_the_split_names_the_class_the_folder_and_the_keys(dataset):
+    with pytest.raises(DataError, match=r"label_budget=3000 .*qqb_bcs needs 1000") as error:
         selection(dataset, 3000, seed=0)
+    message = str(error.value)
+    assert f"under {dataset / 'train'}" in message and "config.data.root" in message
+    assert "config.data.synthetic_jets_per_group" in message
     with pytest.raises(ValueError, match="label_budget=12.5"):
         selection(dataset, 12.5, seed=0)
 

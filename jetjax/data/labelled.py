@@ -16,6 +16,7 @@ jets: a small budget reads few files (JetClass-II: one file per group for 10^3 j
 in memory (cleaned, before padding).
 """
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -96,8 +97,13 @@ def select_labelled(groups, scheme, num_jets, seed, feature_set, chunk_size=4096
     have = np.array([sum(len(c) for c in chunks) for chunks in found])
     short = [f"{c.name} needs {n}, the split has {h}" for c, n, h in zip(scheme.classes, needed, have) if h < n]
     if short:
+        files = [Path(p) for paths in groups.values() for p in paths]
+        folders = sorted({str(p.parent) for p in files})
         raise DataError(f"config.data.label_budget={num_jets} asks for more jets than the training split holds "
-                        f"({'; '.join(short)}); lower the budget or add training files")
+                        f"({'; '.join(short)}) in the {len(files)} files read under {', '.join(folders)} (chosen by "
+                        f"config.data.root, or made by config.data.synthetic_jets_per_group when data.root is "
+                        f"unset; the classes by config.data.scheme / data.task); lower the budget or add training "
+                        f"files")
     per_class = concatenate_chunks([c for chunks in found for c in chunks])
     first_of_class = np.concatenate([[0], np.cumsum(needed)[:-1]])
     rank = np.zeros(num_jets, np.int64)

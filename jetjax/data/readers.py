@@ -377,7 +377,8 @@ def discover_files(root=None, split="train", files=None, file_format="any"):
         paths = _keep_format(paths, file_format, f"for the {split} split under {root}")
         if not paths:
             raise FileNotFoundError(
-                f"no {split} files under {root}: expected {'/ or '.join(SPLIT_FOLDERS[split])}/ with "
+                f"no {split} files under {root} (config.data.root, or the synthetic jets of "
+                f"config.data.synthetic_jets_per_group when data.root is unset): expected {'/ or '.join(SPLIT_FOLDERS[split])}/ with "
                 f"{' / '.join('*' + s for s in FORMATS)} files, or flat JetClass-II files named like "
                 f"Res2P_0000.parquet, or Top Landscape's {split}.h5")
     groups = {}
