@@ -82,9 +82,11 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(finished, tmp_
     state = workdir / "checkpoints" / "latest" / str(steps[-1]) / "state"
     largest = max((p for p in state.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     largest.write_bytes(largest.read_bytes()[:largest.stat().st_size // 2])
-    done = run(workdir, "--config.train.epochs=3")  # an allowed change, said once
+    done = run(workdir, "--config.train.epochs=3", "--config.data.val_size=1024")  # allowed changes, said once
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resuming with changed settings: train.epochs: 2 -> 3" in done.stdout
+    assert "resuming with changed settings: data.val_size: 256 -> 1024; train.epochs: 2 -> 3" in done.stdout
+    # 1024 validation jets need more qcd jets than the val split's 150: said once, though validated twice
+    assert done.stdout.count("the validation sample needed a second pass over its files") == 1
     lines = [line for line in done.stdout.splitlines() if line.startswith("checkpoint:")]
     assert len(lines) == 2 and f"latest/{steps[-1]} could not be restored" in lines[0]
     assert f"restored latest step {steps[0]} instead (its record: epoch 1, batch 0)" in lines[1]
