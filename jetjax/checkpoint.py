@@ -51,9 +51,8 @@ class Checkpoints:
                     state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
             except Exception as error:  # any damage: named, logged whole, set aside, the step before tried
                 tried.append(self.damaged(which, step, error))
+                manager.reload()  # the damaged step is gone from its folder
                 continue
-            finally:
-                manager.reload()
             if tried:
                 print(f"checkpoint: restored {which} step {step} instead (its record: epoch "
                       f"{restored['record'].get('epoch')}, batch {restored['record'].get('batch')})")

@@ -29,7 +29,7 @@ from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
 from jetjax.data.labelled import LabelledSampler
 from jetjax.data.readers import DataReport
-from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval
+from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval, softmax
 
 PROBE_DEFAULTS = dict(c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), max_iterations=1000)
 """config.probe: inverse L2 strengths tried (scikit-learn's C), L-BFGS iterations at most per fit."""
@@ -92,11 +92,6 @@ def select(train_set, val_set, num_classes, class_names, c_grid, max_iterations)
         fits.append({"c": float(c), **head, "iterations": iterations,
                      "val_macro_auc": metrics.macro_roc_auc(scores, val_set["labels"], class_names)})
     return max(fits, key=lambda fit: fit["val_macro_auc"]), fits
-
-
-def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def training_jets(config, data, batch_size, report):

@@ -5,6 +5,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 
 from jetjax import probe
+from jetjax.feeding import softmax
 
 
 @pytest.mark.parametrize("c", [0.05, 1.0, 100.0])
@@ -14,7 +15,7 @@ def test_fit_logistic_is_scikit_learns_logistic_regression(c):
     features = rng.normal(size=(400, 6)) + 0.8 * np.eye(3, 6)[labels]
     w, b, _ = probe.fit_logistic(features, labels, 3, c)
     reference = LogisticRegression(C=c, tol=1e-10, max_iter=100_000).fit(features, labels)
-    np.testing.assert_allclose(probe.softmax(features @ w + b), reference.predict_proba(features), atol=2e-5)
+    np.testing.assert_allclose(softmax(features @ w + b), reference.predict_proba(features), atol=2e-5)
 
 
 def test_folded_head_is_the_fit_on_standardised_features():

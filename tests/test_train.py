@@ -140,6 +140,7 @@ def test_probe_matches_logistic_regression_on_the_frozen_embeddings(pretrained, 
     from jetjax import metrics, probe
     from jetjax.data import pipeline
     from jetjax.data.classes import task_scheme
+    from jetjax.feeding import softmax
 
     config = tiny_config("probe")
     config.train.init_from = str(pretrained)
@@ -174,7 +175,7 @@ def test_probe_matches_logistic_regression_on_the_frozen_embeddings(pretrained, 
     # the checkpoint's head on raw z gives the probe's scores: the standardisation is folded in (up to the
     # float32 rounding by which these dense embeddings differ from the feeder's: a few swapped pairs of jets)
     head = probed["params"]["encoder"]["head"]["out"]
-    ours = metrics.macro_roc_auc(probe.softmax(xv @ head["kernel"] + head["bias"]), yv, names)
+    ours = metrics.macro_roc_auc(softmax(xv @ head["kernel"] + head["bias"]), yv, names)
     assert abs(ours - fitted[0]["val_macro_auc"]) < 2e-3
 
 
