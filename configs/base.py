@@ -5,7 +5,7 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
-from jetjax.data.readers import CONFIG_COLUMNS
+from jetjax.data.chunks import CONFIG_COLUMNS
 from jetjax.knn_validation import KNN_DEFAULTS
 from jetjax.feeding import LAYOUT_DEFAULTS
 

@@ -26,7 +26,8 @@ import pyarrow as pa
 
 from jetjax.data import features, pipeline, synthetic
 from jetjax.data.classes import JETCLASS2_7
-from jetjax.data.readers import DataReport, concatenate_chunks, discover_files, read_chunks
+from jetjax.data.chunks import DataReport, concatenate_chunks
+from jetjax.data.readers import discover_files, read_chunks
 from jetjax.data.sampler import task_jets
 from jetjax.data.workers import WorkerPool
 

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jetjax import export, physics, train
-from jetjax.data import features, pipeline, readers
+from jetjax.data import chunks, features, pipeline, readers
 from jetjax.models.convert import convert_state_dict, load_state_dict
 from jetjax.models.part import ParT
 
@@ -38,10 +38,10 @@ def shared_jets():
     with np.load(SHARED / "reference" / "part_weaver_v0417_kin.npz") as data:
         f, v, m = (data[k][..., :SLOTS] for k in ("input/features", "input/vectors", "input/mask"))
     reference = np.transpose(f, (0, 2, 1)), np.transpose(v, (0, 2, 1)), m[:, 0] > 0
-    report = readers.DataReport()
-    chunks = readers.read_chunks(SHARED / "data" / "jetclass2_example" / "JetClassII_example.parquet",
-                                 features.required_particle_columns("kin"))
-    chunk = features.clean(readers.concatenate_chunks(chunks), report)
+    report = chunks.DataReport()
+    read = readers.read_chunks(SHARED / "data" / "jetclass2_example" / "JetClassII_example.parquet",
+                               features.required_particle_columns("kin"))
+    chunk = features.clean(chunks.concatenate_chunks(read), report)
     batch = features.to_batch(chunk, np.zeros(len(chunk), np.int32), "kin", SLOTS, report)
     return tuple(np.concatenate([a, batch[k]]).astype(t) for a, k, t in
                  zip(reference, ("features", "vectors", "mask"), (np.float32, np.float32, bool)))

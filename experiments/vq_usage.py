@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from jetjax import study
-from jetjax.objectives_tokens import VQVAETokens
+from jetjax.objectives.tokens import VQVAETokens
 
 
 def code_counts(run, num_jets):

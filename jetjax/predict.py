@@ -24,7 +24,8 @@ import tqdm
 from jetjax import feeding, parallel, train
 from jetjax.data import features, pipeline
 from jetjax.data.classes import task_scheme
-from jetjax.data.readers import LABEL_COLUMN, DataError, DataReport, MissingColumnError, discover_files, read_chunks
+from jetjax.data.chunks import LABEL_COLUMN, DataError, DataReport, MissingColumnError
+from jetjax.data.readers import discover_files, read_chunks
 
 ROOT_TREE = "predictions"
 ROW, CARRIED = "row", "carry:"

@@ -28,7 +28,7 @@ from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
 from jetjax.data.labelled import LabelledSampler
-from jetjax.data.readers import DataReport
+from jetjax.data.chunks import DataReport
 from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval, softmax
 
 PROBE_DEFAULTS = dict(c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), max_iterations=1000)

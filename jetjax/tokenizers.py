@@ -7,8 +7,6 @@ particle modeling?").
                   codes (straight-through), and a small transformer decodes the codes back to the particles'
                   input features (L1). The codebook follows moving averages (default) or gradients; codes
                   unused for `dead_code_steps` updates restart at encoder outputs of the batch.
-  VQVAEObjective  the tokenizer stage as a pretraining objective ('vqvae'), so that it trains, validates,
-                  checkpoints and resumes as any run of the engine.
   vqvae_targets   the frozen tokenizer of a trained run as a function (features, mask) -> token ids.
   kmeans_targets  the same for K-means centroids of particle features (nearest centroid).
 
@@ -19,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax import losses, vq
+from jetjax import vq
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models.heads import torch_linear_init
 from jetjax.models.layers import Block
@@ -130,35 +128,6 @@ class ParticleVQVAE(nn.Module):
 def build_tokenizer(feature_set, **settings):
     """The ParticleVQVAE of a run on `feature_set`, with the config's objective settings."""
     return ParticleVQVAE(len(FEATURE_SETS[feature_set]), **settings)
-
-
-def masked_mean(x, mask):
-    """Mean of x (B, P, d) over the real slots of each jet (B, d); 0 for a jet without particles."""
-    weight = jnp.asarray(mask, jnp.float32)[..., None]
-    return jnp.sum(x * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
-
-
-class VQVAEObjective(nn.Module):
-    """The tokenizer stage (objective 'vqvae'): loss = L1 reconstruction of every input feature of the real
-    particles (`losses.masked_particle` over all of them) + codebook + commitment x |z_e - sg(e)|^2.
-    Metrics: `reco` (and per channel), `codebook`, `commitment`, `usage`, `perplexity`, `restarted_codes`.
-    The jet representation `z` is the mean of the particles' quantised latents (the run's embeddings)."""
-
-    tokenizer: ParticleVQVAE
-    feature_names: tuple
-
-    def encoder_lengths(self, lengths):
-        return lengths
-
-    @nn.compact
-    def __call__(self, batch, key, step=0, train=False, plan=None):
-        mask = jnp.asarray(batch["mask"], bool)
-        recon, z_q, _, vq_total, vq_metrics = self.tokenizer(batch["features"], mask, key, train)
-        reco, reco_metrics = losses.masked_particle(recon, batch["features"], mask, feature_names=self.feature_names)
-        loss = reco + vq_total
-        metrics = {**{k: v for k, v in reco_metrics.items() if k != "masked_particles"}, **vq_metrics,
-                   "total": loss}
-        return loss, metrics, {"z": masked_mean(z_q, mask)}
 
 
 def vqvae_targets(tokenizer, variables):

@@ -298,13 +298,13 @@ def fit(config, workdir):
     classifiers are evaluated on the natural test stream at the end. Returns the final record."""
     from jetjax import finetune, objectives
     from jetjax.data.classes import task_scheme
-    from jetjax.data.readers import DataReport
+    from jetjax.data.chunks import DataReport
 
     if config.mode == "probe":
         raise ValueError("mode 'probe' is fitted by jetjax.probe.fit (python -m jetjax.main runs it), not trained")
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
     compilation.use_persistent_cache(config)
-    encoder = getattr(model, "encoder", None)  # None: the VQ-VAE tokenizer (float32, no representation to probe)
+    encoder = model.encoder  # None: no representation to probe (the tokenizer stage, float32)
     devices.announce(jnp.float32 if encoder is None else encoder.dtype)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import pytest
 from conftest import shared_path
 
 from jetjax.data import features
-from jetjax.data.readers import DataReport, JetChunk
+from jetjax.data.chunks import DataReport, JetChunk
 
 V1_FILES = ("SMALLpfVectors.npy", "SMALLpfPoints.npy", "SMALLpfMask.npy", "SMALLlabels.npy")
 SCALE_FREE = ("logptrel", "logerel", "deltaR", "deta", "dphi")

@@ -9,7 +9,8 @@ import pytest
 from jetjax.data import labelled, pipeline, synthetic
 from jetjax.data.classes import JETCLASS2_7
 from jetjax.data.features import required_particle_columns, to_batch
-from jetjax.data.readers import DataError, DataReport, discover_files, file_group, read_chunks
+from jetjax.data.chunks import DataError, DataReport
+from jetjax.data.readers import discover_files, file_group, read_chunks
 from jetjax.data.sampler import task_jets
 
 MASK = 2 ** 64 - 1

@@ -10,10 +10,11 @@ import pytest
 import uproot
 from conftest import shared_path
 
-from jetjax.data import features, readers
+from jetjax.data import chunks, features, readers
 from jetjax.data.classes import JETCLASS2_7, JETCLASS_10
 from jetjax.data.pipeline import test_batches as natural_test_batches
-from jetjax.data.readers import DataError, DataReport, discover_files, read_chunks
+from jetjax.data.chunks import DataError, DataReport
+from jetjax.data.readers import discover_files, read_chunks
 
 EXAMPLE = ("data", "jetclass2_example")
 README_TASK = {0: "bb", 3: "qq", 12: "tauhtaue", 13: "tauhtaum", 14: "tauhtauh", 70: "qqb_bcs", 127: "qqb_bcs",
@@ -26,7 +27,7 @@ def example(suffix):
 
 
 def read_all(path, feature_set="full", chunk_size=33):
-    return readers.concatenate_chunks(read_chunks(path, features.required_particle_columns(feature_set),
+    return chunks.concatenate_chunks(read_chunks(path, features.required_particle_columns(feature_set),
                                                   chunk_size=chunk_size))
 
 
@@ -74,13 +75,13 @@ def test_jetclass_v1_root_one_hot_labels(tmp_path):
     branches = {n: flat(np.float32) for n in features.PARTICLE_VECTOR_COLUMNS}
     branches.update({n: flat(np.float32) * 0 for n in ("part_charge",)})
     branches.update({f"part_{n}": flat(np.float32) * 0 for n in ("isPhoton", "isElectron", "isMuon")})
-    branches.update({n: np.full(3, 600.0, np.float32) for n in readers.JET_COLUMNS})
+    branches.update({n: np.full(3, 600.0, np.float32) for n in chunks.JET_COLUMNS})
     hot = [1, 8, None]
     for i, b in enumerate(JETCLASS_10.label_branches):
         branches[b] = np.array([float(h == i) for h in hot], np.float32)
     with uproot.recreate(path) as out:
         out["tree"] = branches
-    chunk = readers.concatenate_chunks(read_chunks(path, features.required_particle_columns("kin"),
+    chunk = chunks.concatenate_chunks(read_chunks(path, features.required_particle_columns("kin"),
                                                    JETCLASS_10.label_branches))
     np.testing.assert_array_equal(chunk.raw_label, [1, 8, -1])
     np.testing.assert_array_equal(chunk.counts, counts)

@@ -6,7 +6,8 @@ import pytest
 
 from jetjax.data import pipeline, synthetic
 from jetjax.data.classes import JETCLASS2_7
-from jetjax.data.readers import DataError, DataReport, discover_files
+from jetjax.data.chunks import DataError, DataReport
+from jetjax.data.readers import discover_files
 from jetjax.data.sampler import StratifiedSampler, exact_counts
 
 
@@ -221,7 +222,7 @@ def test_every_counter_is_explained_as_cut_repaired_dropped_or_drawn_again():
     import ast
     from pathlib import Path
 
-    from jetjax.data.readers import COUNTERS
+    from jetjax.data.chunks import COUNTERS
 
     sources = (Path(__file__).resolve().parents[1] / "jetjax").rglob("*.py")
     counted = {node.args[0].value for path in sources for node in ast.walk(ast.parse(path.read_text()))

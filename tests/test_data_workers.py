@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jetjax.data import pipeline, synthetic
-from jetjax.data.readers import DataError
+from jetjax.data.chunks import DataError
 
 ARGS = dict(feature_set="kinpid", num_particles=32, batch_size=250, epoch_size=2500, seed=0, buffer_size=400,
             pool_size=3, chunk_size=200)

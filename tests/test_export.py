@@ -18,7 +18,7 @@ from conftest import shared_path, toy_jets
 from configs import base, quickstart
 from jetjax import export, train
 from jetjax.checkpoint import Checkpoints
-from jetjax.data import features, readers
+from jetjax.data import chunks, features, readers
 from jetjax.data.classes import get_scheme
 from jetjax.models.convert import convert_state_dict, load_state_dict
 from jetjax.models.part import ParT
@@ -76,9 +76,9 @@ def tiny_variables(config, seed=0):
 def jetclass2_jets(num_particles):
     """The 100 real JetClass-II jets of ../shared as a `kin` batch of `num_particles` slots (pipeline inputs)."""
     path = shared_path("data", "jetclass2_example", "JetClassII_example.parquet")
-    report = readers.DataReport()
-    chunks = readers.read_chunks(path, features.required_particle_columns("kin"))
-    chunk = features.clean(readers.concatenate_chunks(chunks), report)
+    report = chunks.DataReport()
+    read = readers.read_chunks(path, features.required_particle_columns("kin"))
+    chunk = features.clean(chunks.concatenate_chunks(read), report)
     batch = features.to_batch(chunk, np.zeros(len(chunk), np.int32), "kin", num_particles, report)
     return batch["features"], batch["vectors"], batch["mask"]
 

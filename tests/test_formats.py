@@ -9,7 +9,8 @@ import pytest
 
 from jetjax.data import features, pipeline
 from jetjax.data.classes import QUARK_GLUON, TOP_LANDSCAPE, get_scheme
-from jetjax.data.readers import DataError, MissingColumnError, concatenate_chunks, discover_files, read_chunks
+from jetjax.data.chunks import DataError, MissingColumnError, concatenate_chunks
+from jetjax.data.readers import discover_files, read_chunks
 
 TOP_SLOTS = 200
 TOP_COLUMNS = [f"{c}_{i}" for i in range(TOP_SLOTS) for c in ("E", "PX", "PY", "PZ")] + [

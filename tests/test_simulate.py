@@ -235,7 +235,7 @@ def _study_sim_config():
 
 
 def test_readers_and_pipeline_load_the_files_with_the_study_config(simulated):
-    from jetjax.data import classes, pipeline, readers
+    from jetjax.data import chunks, classes, pipeline, readers
 
     out = simulated[0]
     config = _study_sim_config()
@@ -246,10 +246,10 @@ def test_readers_and_pipeline_load_the_files_with_the_study_config(simulated):
         assert set(groups) == {"Res2P", "Res34P", "QCD"}
         for group, paths in groups.items():
             for path in paths:
-                for chunk in readers.read_chunks(path, readers.PARTICLE_VECTOR_COLUMNS):
+                for chunk in readers.read_chunks(path, chunks.PARTICLE_VECTOR_COLUMNS):
                     index = scheme.class_index(chunk.raw_label)
                     assert np.all(index >= 0) and {scheme.classes[i].file_group for i in index} == {group}
-        report = readers.DataReport()
+        report = chunks.DataReport()
         batches = list(pipeline.test_batches(out, feature_set="full", split=split, scheme=config.data.scheme,
                                              batch_size=16, report=report))
         labels = np.concatenate([b["label"] for b in batches])

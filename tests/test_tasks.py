@@ -11,7 +11,7 @@ import uproot
 from configs import base
 from jetjax import train
 from jetjax.data import classes, pipeline, synthetic
-from jetjax.data.readers import MissingColumnError
+from jetjax.data.chunks import MissingColumnError
 
 RENAMED = {"part_px": "pf_px", "part_py": "pf_py", "part_pz": "pf_pz", "part_energy": "pf_e",
            "part_charge": "pf_q", "part_isPhoton": "pf_gamma", "jet_pt": "fj_pt", "jet_label": "truth"}

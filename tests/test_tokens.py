@@ -18,7 +18,8 @@ from sklearn.cluster import KMeans
 
 from configs import mpm_kmeans, mpm_vq, study_quickstart, vqvae
 from conftest import adam_steps, toy_jets
-from jetjax import objectives, objectives_tokens, study, tokenizers, train, vq
+from jetjax import objectives, study, tokenizers, train, vq
+from jetjax.objectives import tokens as objectives_tokens
 from jetjax.data import synthetic
 from jetjax.models.part import ParT
 

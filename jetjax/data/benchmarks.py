@@ -14,7 +14,7 @@ reads just those rows in both pandas layouts ("table", and "fixed", where it sli
 and knows the column names (h5py would have to unpickle them from pandas' attributes): 13 MB of file per
 chunk of 4096 jets. The files hold four-vectors only: the `kin` feature set. `kin` also reads part_charge
 and the photon / electron / muon flags, used only for the masked-particle `pid` target, which a model with
-`kin` inputs never predicts (objectives.py): the reader gives them as zero (the target is meaningless and
+`kin` inputs never predicts (jetjax/objectives/masked.py): the reader gives them as zero (the target is meaningless and
 unused there); `kinpid` and `full` fail, naming the file and the columns the format lacks.
 
 Quark-gluon (energyflow's `QG_jets*.npz`, Komiske, Metodiev, Thaler, JHEP 01 (2019) 121; 20 files of 100k
@@ -36,7 +36,7 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
-from jetjax.data.readers import PARTICLE_VECTOR_COLUMNS, DataError, JetChunk, MissingColumnError
+from jetjax.data.chunks import PARTICLE_VECTOR_COLUMNS, DataError, JetChunk, MissingColumnError
 from jetjax.data.simulate import pid_flags
 
 TOP_LANDSCAPE_KEY = "table"

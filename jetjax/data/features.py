@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from jetjax import physics
-from jetjax.data.readers import PARTICLE_VECTOR_COLUMNS
+from jetjax.data.chunks import PARTICLE_VECTOR_COLUMNS
 
 JET_PT_GEV = 500.0
 """Every jet is rescaled to this pT."""
@@ -107,7 +107,7 @@ def particle_channels(feature_set, vectors, jet_of_particle, particles):
 
 KIN_TARGET_ONLY_COLUMNS = ("part_charge", "part_isPhoton", "part_isElectron", "part_isMuon")
 """What the `kin` set reads beyond the four-vectors: the masked-particle `pid` target only (which a model with
-`kin` inputs never predicts), so files without them may give them as zero (readers.ColumnMap, benchmarks.py)."""
+`kin` inputs never predicts), so files without them may give them as zero (chunks.ColumnMap, benchmarks.py)."""
 
 
 def required_particle_columns(feature_set):

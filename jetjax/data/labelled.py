@@ -22,7 +22,8 @@ import numpy as np
 
 from jetjax.data import features as feats
 from jetjax.data.classes import ALL_FILES
-from jetjax.data.readers import DEFAULT_COLUMNS, DataError, DataReport, concatenate_chunks, file_group, read_chunks
+from jetjax.data.chunks import DEFAULT_COLUMNS, DataError, DataReport, concatenate_chunks
+from jetjax.data.readers import file_group, read_chunks
 from jetjax.data.sampler import iter_file_chunks, task_jets
 
 ORDER_KEY = "label_order_key"

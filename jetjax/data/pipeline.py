@@ -7,7 +7,7 @@
 Every entry point takes plain values (ml_collections-friendly): `root` (dataset folder) or `files`
 (explicit paths / globs of the split, overriding discovery), `scheme` (classes.SCHEMES key), `feature_set`
 (features.FEATURE_SETS key), `num_particles` (P), `batch_size`, `skip_bad_files`, and a `report`
-(readers.DataReport, shared by the streams so one report covers the run).
+(chunks.DataReport, shared by the streams so one report covers the run).
 
 `skim` (also `python -m jetjax.data.pipeline ROOT OUT`) copies the task's jets of a JetClass-II parquet
 dataset, all columns, into OUT/{train,val,test}/ under the same file names. Worth it for the study's task:
@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from jetjax.data.chunks import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, ROOT_TREE, ColumnMap,
+                                DataError, DataReport)
 from jetjax.data.classes import get_scheme
 from jetjax.data.labelled import LabelledSampler, select_labelled
-from jetjax.data.readers import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, ROOT_TREE, ColumnMap,
-                                 DataError, DataReport, discover_files)
+from jetjax.data.readers import discover_files
 from jetjax.data.sampler import StratifiedSampler, natural_batches
 from jetjax.data.workers import WorkerSampler
 
@@ -110,7 +111,7 @@ def with_overrides(data, overrides):
 
 
 def column_map(data):
-    """The readers.ColumnMap of a data config (`data.columns`, `data.tree`), checked against its feature set:
+    """The chunks.ColumnMap of a data config (`data.columns`, `data.tree`), checked against its feature set:
     errors name the config key."""
     from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
 

@@ -28,9 +28,9 @@ from collections import deque
 import numpy as np
 
 from jetjax.data import features as feats
+from jetjax.data.chunks import DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks
 from jetjax.data.classes import ALL_FILES
-from jetjax.data.readers import (DEFAULT_COLUMNS, DataError, DataReport, MissingColumnError, concatenate_chunks,
-                                 read_chunks)
+from jetjax.data.readers import read_chunks
 
 
 def task_jets(chunk, scheme, report, room=None, rng=None):

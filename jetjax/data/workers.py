@@ -32,7 +32,9 @@ from collections import deque
 
 import numpy as np
 
-from jetjax.data.readers import DataReport, read_chunks
+from jetjax.data.chunks import DataReport
+
+from jetjax.data.readers import read_chunks
 from jetjax.data.sampler import build_batch
 
 FORK_SERVER_PRELOAD = ["jetjax.data.workers", "jetjax.data.benchmarks", "pyarrow.parquet", "pandas"]

@@ -1,13 +1,14 @@
 """MPM with token targets: the encoder sees a jet without 30% of its real particles (as objective 'mpm'), and
 a decoder classifies each masked particle into its token, the discrete id a frozen tokenizer gives it.
 
-  vqvae       the tokenizer stage: a VQ-VAE on particles (jetjax.tokenizers), trained as a run of its own
+  vqvae       the tokenizer stage: a VQ-VAE on particles (jetjax/tokenizers.py), trained as a run of its own
+              (`VQVAEObjective`, so that it trains, validates, checkpoints and resumes as any run)
   mpm_vq      token = code of the particle in the VQ-VAE of the run `tokenizer_run` (Heinrich et al.)
   mpm_kmeans  token = nearest of `num_clusters` K-means centroids of particle input features, fitted once on
               `kmeans_jets` training jets and kept in the run's workdir (Leigh et al.)
 
 The token targets come from outside the train step: `TokenMaskedParticleModel.prepare_targets` (called by
-`objectives.prepare` before the model is initialised) loads the tokenizer or fits / reloads the centroids.
+`jetjax.objectives.prepare` before the model is initialised) loads the tokenizer or fits / reloads the centroids.
 """
 import dataclasses
 import json
@@ -23,9 +24,9 @@ from jetjax.checkpoint import best_checkpoint
 from jetjax.data import pipeline
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models.heads import MaskedParticleDecoder
-from jetjax.objectives import EncoderLengths, choose_masked, encode
+from jetjax.objectives.base import EncoderLengths, encode
+from jetjax.objectives.masked import choose_masked
 
-NAMES = ("vqvae", "mpm_vq", "mpm_kmeans")
 KMEANS_FILE = "kmeans_tokens.npz"
 
 
@@ -98,6 +99,33 @@ def fit_kmeans(particles, num_clusters, seed):
     return KMeans(num_clusters, n_init=1, random_state=seed).fit(particles).cluster_centers_.astype(np.float32)
 
 
+def masked_mean(x, mask):
+    """Mean of x (B, P, d) over the real slots of each jet (B, d); 0 for a jet without particles."""
+    weight = jnp.asarray(mask, jnp.float32)[..., None]
+    return jnp.sum(x * weight, axis=1) / jnp.maximum(jnp.sum(weight, axis=1), 1.0)
+
+
+class VQVAEObjective(nn.Module, EncoderLengths):
+    """The tokenizer stage (objective 'vqvae'): loss = L1 reconstruction of every input feature of the real
+    particles (`losses.masked_particle` over all of them) + codebook + commitment x |z_e - sg(e)|^2.
+    Metrics: `reco` (and per channel), `codebook`, `commitment`, `usage`, `perplexity`, `restarted_codes`.
+    The jet representation `z` is the mean of the particles' quantised latents (the run's embeddings)."""
+
+    tokenizer: tokenizers.ParticleVQVAE
+    feature_names: tuple
+    encoder = None  # no ParT encoder: nothing for the kNN probe or fine-tuning
+
+    @nn.compact
+    def __call__(self, batch, key, step=0, train=False, plan=None):
+        mask = jnp.asarray(batch["mask"], bool)
+        recon, z_q, _, vq_total, vq_metrics = self.tokenizer(batch["features"], mask, key, train)
+        reco, reco_metrics = losses.masked_particle(recon, batch["features"], mask, feature_names=self.feature_names)
+        loss = reco + vq_total
+        metrics = {**{k: v for k, v in reco_metrics.items() if k != "masked_particles"}, **vq_metrics,
+                   "total": loss}
+        return loss, metrics, {"z": masked_mean(z_q, mask)}
+
+
 class TokenMaskedParticleModel(nn.Module, EncoderLengths):
     """MPM with discrete targets: masked particles leave the encoder's mask (as in objectives.MaskedParticleModel,
     so nothing of them reaches the encoder); the MPM decoder's `num_tokens` logits at each masked particle are
@@ -136,19 +164,19 @@ class TokenMaskedParticleModel(nn.Module, EncoderLengths):
         return loss, {**metrics, "total": loss}, {"z": out["z"]}
 
 
-def build(name, encoder, feature_set, num_particles, **settings):
-    """The objective `name` of NAMES; `settings` are its config fields (jetjax.objectives.build): the module's
-    fields, and `tokenizer_run` (mpm_vq) or `num_clusters`, `kmeans_jets` (mpm_kmeans) for the targets."""
-    if name == "vqvae":
-        return tokenizers.VQVAEObjective(tokenizers.build_tokenizer(feature_set, **settings),
-                                         FEATURE_SETS[feature_set])
-    if name == "mpm_vq":
-        run = settings.pop("tokenizer_run", None)
-        if not run:
-            raise ValueError("objective 'mpm_vq' needs objective.tokenizer_run, the workdir of a 'vqvae' run")
-        source = VQVAETokens(str(run), feature_set)
-    elif name == "mpm_kmeans":
-        source = KMeansTokens(settings.pop("num_clusters", 512), settings.pop("kmeans_jets", 20_000), feature_set)
-    else:
-        raise ValueError(f"unknown token objective {name!r}; choose one of {', '.join(NAMES)}")
+def build_tokenizer_stage(encoder, feature_set, num_particles, **settings):
+    """The VQ-VAE tokenizer stage ('vqvae'; `encoder` unused): `settings` are jetjax.tokenizers.build_tokenizer's."""
+    return VQVAEObjective(tokenizers.build_tokenizer(feature_set, **settings), FEATURE_SETS[feature_set])
+
+
+def build_mpm_vq(encoder, feature_set, num_particles, tokenizer_run=None, **settings):
+    """MPM with the codes of the VQ-VAE of the run `tokenizer_run` as targets."""
+    if not tokenizer_run:
+        raise ValueError("objective 'mpm_vq' needs objective.tokenizer_run, the workdir of a 'vqvae' run")
+    return TokenMaskedParticleModel(encoder, VQVAETokens(str(tokenizer_run), feature_set), num_particles, **settings)
+
+
+def build_mpm_kmeans(encoder, feature_set, num_particles, num_clusters=512, kmeans_jets=20_000, **settings):
+    """MPM with the nearest of `num_clusters` K-means centroids (fitted on `kmeans_jets` training jets) as targets."""
+    source = KMeansTokens(num_clusters, kmeans_jets, feature_set)
     return TokenMaskedParticleModel(encoder, source, num_particles, **settings)

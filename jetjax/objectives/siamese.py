@@ -1,5 +1,6 @@
 """Joint-embedding objectives on JetCLR's two views (augment.jetclr_views, stacked jet-major and encoded together
-as objectives.Contrastive does), each with its own heads (models.heads.MLPHead) and a loss from jetjax.losses:
+as the contrastive objectives do,
+jetjax/objectives/base.py), each with its own heads (models.heads.MLPHead) and a loss from jetjax.losses:
 
   vicreg   expander; invariance + variance + covariance, weights 25 / 25 / 1 (Bardes, Ponce, LeCun 2022)
   simsiam  projector and predictor; symmetric negative cosine with a stop-gradient on the targets (Chen, He 2021)
@@ -11,25 +12,14 @@ Every one logs `representation_std`, the collapse monitor of the encoder's repre
 std across the batch of z / |z|, averaged over dimensions and views: 0 when every jet maps to one direction).
 """
 import functools
-from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jetjax import augment, losses, momentum, objectives
+from jetjax import augment, losses, momentum
 from jetjax.models.heads import MLPHead
-
-
-def encode_views(objective, batch, key, train, plan):
-    """(the stacked views of `batch`, the encoder's output on them)."""
-    stacked = objectives.stack_views(objective.make_views(key, batch, train))
-    return stacked, objectives.encode(objective.encoder, stacked, train, plan)
-
-
-def per_view(x, size):
-    """Rows of the stacked views (size * V, ...) as (size, V, ...)."""
-    return x.reshape(size, -1, *x.shape[1:])
+from jetjax.objectives.base import ViewObjective, per_view
 
 
 def representation_std(z_views):
@@ -41,13 +31,9 @@ def with_monitors(metrics, z, size):
     return {**metrics, "representation_std": representation_std(per_view(z, size))}
 
 
-class VICReg(nn.Module, objectives.ViewLengths):
+class VICReg(ViewObjective):
     """VICReg on the `expander` output (widths of its layers; the paper's is 3 layers 4x the representation)."""
 
-    encoder: nn.Module
-    make_views: Callable
-    view_lengths: Callable
-    capacity: int
     invariance: float = 25.0
     variance: float = 25.0
     covariance: float = 1.0
@@ -56,20 +42,16 @@ class VICReg(nn.Module, objectives.ViewLengths):
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         size = batch["mask"].shape[0]
-        _, out = encode_views(self, batch, key, train, plan)
+        _, out = self.encode_views(batch, key, train, plan)
         h = per_view(MLPHead(self.expander, name="expander")(out["z"], train), size)
         loss, metrics = losses.vicreg(h[:, 0], h[:, 1], self.invariance, self.variance, self.covariance)
         return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
 
-class SimSiam(nn.Module, objectives.ViewLengths):
+class SimSiam(ViewObjective):
     """SimSiam: `projection` widths (the paper's: 3 layers), a bottleneck predictor of `predictor_hidden`
     back to the projection width; `stop_gradient=False` is the paper's ablation (it collapses)."""
 
-    encoder: nn.Module
-    make_views: Callable
-    view_lengths: Callable
-    capacity: int
     projection: tuple = (256, 256, 256)
     predictor_hidden: int = 64
     stop_gradient: bool = True
@@ -77,7 +59,7 @@ class SimSiam(nn.Module, objectives.ViewLengths):
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         size = batch["mask"].shape[0]
-        _, out = encode_views(self, batch, key, train, plan)
+        _, out = self.encode_views(batch, key, train, plan)
         z = MLPHead(self.projection, name="projection")(out["z"], train)
         p = MLPHead((self.predictor_hidden, self.projection[-1]), name="predictor")(z, train)
         z, p = per_view(z, size), per_view(p, size)
@@ -85,7 +67,7 @@ class SimSiam(nn.Module, objectives.ViewLengths):
         return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
 
-class MoCo(nn.Module, objectives.ViewLengths):
+class MoCo(ViewObjective):
     """MoCo: queries from the encoder, `projection` and (when `predictor_hidden` > 0, MoCo v3) a predictor; keys
     from the momentum copy of encoder and projection, updated by EMA with `momentum` before the keys are
     computed, as in MoCo; loss = mean over the two directions of `losses.infonce` (view 1's query against
@@ -93,10 +75,6 @@ class MoCo(nn.Module, objectives.ViewLengths):
     steps (both views' keys enter the queue after each step: K >= 2 x batch size); else the batch's other keys.
     The momentum copy runs in the same mode as the encoder (training: batch statistics, dropout)."""
 
-    encoder: nn.Module
-    make_views: Callable
-    view_lengths: Callable
-    capacity: int
     temperature: float = 0.2
     momentum: float = 0.99
     queue_size: int = 0
@@ -120,7 +98,7 @@ class MoCo(nn.Module, objectives.ViewLengths):
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         size = batch["mask"].shape[0]
-        stacked, out = encode_views(self, batch, key, train, plan)
+        stacked, out = self.encode_views(batch, key, train, plan)
         projector = MLPHead(self.projection, name="projection")
         queries = projector(out["z"], train)
         if self.predictor_hidden:
@@ -151,11 +129,12 @@ class MoCo(nn.Module, objectives.ViewLengths):
         return negatives
 
 
-OBJECTIVES = {"vicreg": VICReg, "simsiam": SimSiam, "moco": MoCo}
-
-
-def build(name, encoder, num_particles, **settings):
-    """The objective `name` (a key of OBJECTIVES) around `encoder`, on JetCLR's views of jets of up to
+def builder(objective):
+    """A builder (jetjax/objectives/__init__.py) of `objective` on JetCLR's views of jets of up to
     `num_particles` particles; `settings` are its config fields."""
-    views = functools.partial(augment.jetclr_views, capacity=num_particles)
-    return OBJECTIVES[name](encoder, views, augment.jetclr_lengths, num_particles, **settings)
+
+    def build(encoder, feature_set, num_particles, **settings):
+        views = functools.partial(augment.jetclr_views, capacity=num_particles)
+        return objective(encoder, views, augment.jetclr_lengths, num_particles, **settings)
+
+    return build

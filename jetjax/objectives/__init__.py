@@ -1,0 +1,55 @@
+"""Objectives: each a flax module around the shared ParT encoder (the protocol: `base.Objective`), so that one
+training engine runs them all through one code path, and one registry (`OBJECTIVES`) from config name to
+builder.
+
+  supervised  classifier head, cross-entropy (the ParT reference and the study's "Ours")      supervised.py
+  supcon      two augmented views (validation: noise/smearing only), projection head, SupCon   contrastive.py
+  jetclr      JetCLR's two views, NT-Xent                                                      contrastive.py
+  mpm         30% of real particles removed from everything the encoder sees, decoder
+              reconstructs them                                                                masked.py
+  clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL                   clipvae.py
+  vicreg, simsiam, moco       joint-embedding objectives on JetCLR's views                     siamese.py
+  vqvae, mpm_vq, mpm_kmeans   the particle tokenizer and MPM with token targets                tokens.py
+
+The losses themselves are pure functions in jetjax/losses.py; docs/objectives.md describes each objective.
+"""
+from jetjax.objectives import clipvae, contrastive, masked, siamese, supervised, tokens
+from jetjax.objectives.base import EncoderLengths, Objective, ViewObjective, encode, per_view, stack_views
+from jetjax.objectives.masked import choose_masked
+from jetjax.objectives.supervised import Supervised
+
+OBJECTIVES = {
+    "supervised": supervised.build,
+    "supcon": contrastive.build_supcon,
+    "jetclr": contrastive.build_jetclr,
+    "mpm": masked.build,
+    "clipvae": clipvae.build,
+    "vicreg": siamese.builder(siamese.VICReg),
+    "simsiam": siamese.builder(siamese.SimSiam),
+    "moco": siamese.builder(siamese.MoCo),
+    "vqvae": tokens.build_tokenizer_stage,
+    "mpm_vq": tokens.build_mpm_vq,
+    "mpm_kmeans": tokens.build_mpm_kmeans,
+}
+"""Config name (`objective.name`) -> builder(encoder, feature_set, num_particles, **the objective's config
+fields) -> the objective module."""
+
+__all__ = ["OBJECTIVES", "EncoderLengths", "Objective", "Supervised", "ViewObjective", "build", "choose_masked",
+           "encode", "per_view", "prepare", "stack_views"]
+
+
+def build(name, encoder, feature_set="kin", num_particles=128, **settings):
+    """The objective `name` around `encoder`; `settings` are that objective's config fields. The input
+    `feature_set` ('kin', 'kinpid', 'full') decides MPM's targets; `num_particles` (P) is the most particles a
+    jet may hold (JetCLR's splitting fills jets up to it; MPM's null tokens)."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r} (config key 'objective.name'); "
+                         f"choose one of {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](encoder, feature_set, num_particles, **settings)
+
+
+def prepare(model, workdir, data, seed):
+    """`model` ready to train in `workdir` on the training data `data` (jetjax.data.pipeline settings): an
+    objective whose targets come from outside the train step (MPM's token targets: a tokenizer run, K-means
+    centroids fitted on training jets and kept in the workdir) resolves them here; the others are ready."""
+    return model.prepare_targets(workdir, data, seed) if hasattr(model, "prepare_targets") else model
