@@ -5,14 +5,12 @@ and overrides what it changes. Keys map one to one onto the code: `model` -> jet
 import ml_collections
 from ml_collections import config_dict
 
-from jetjax.data.chunks import CONFIG_COLUMNS
-from jetjax.knn_validation import KNN_DEFAULTS
-from jetjax.feeding import LAYOUT_DEFAULTS
+from configs import defaults
 
 
 def get_config():
     c = ml_collections.ConfigDict()
-    c.mode = "supervised"          # supervised | pretrain | finetune | probe | evaluate
+    c.mode = "supervised"  # supervised | pretrain | finetune | probe | evaluate | predict | study | efficiency | scaling
     c.seed = 0
 
     c.data = ml_collections.ConfigDict(dict(
@@ -36,7 +34,7 @@ def get_config():
             titles=(),                        #   table titles (default: the class names)
             background=config_dict.placeholder(str),  # background class of the working-point tables
         )),
-        columns=ml_collections.ConfigDict({n: n for n in CONFIG_COLUMNS}),  # canonical -> your files' name
+        columns=ml_collections.ConfigDict({n: n for n in defaults.COLUMNS}),  # canonical -> your files' name
         tree="tree",                         # ROOT files: the tree to read
         label_budget=0,                      # > 0: train on this many labelled jets only (jetjax.data.labelled)
     ))
@@ -56,18 +54,15 @@ def get_config():
         keep_checkpoints=2,                       # latest checkpoints kept (a damaged one falls back to the one before)
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
-    c.finetune = ml_collections.ConfigDict(dict(   # mode finetune: what trains (jetjax.finetune)
-        method="full",                            # full | adapter (frozen encoder + block mix) | last_k
-        unfreeze_blocks=2,                        # last_k: the last k particle blocks train (+ class blocks)
-        head_learning_rate=config_dict.placeholder(float),  # peak lr of the head (None: 0.1 for the adapter,
-                                                            # optimizer.learning_rate otherwise; jetjax.finetune)
-    ))
-    c.layout = ml_collections.ConfigDict(LAYOUT_DEFAULTS)  # how batches are computed (never what): jetjax.feeding
-    c.compile = ml_collections.ConfigDict(dict(  # XLA's programs (jetjax.compilation)
-        cache=True,                               # JAX's persistent compilation cache: reruns load their programs
-        cache_dir="",                             # its folder ("": $JAX_COMPILATION_CACHE_DIR or ~/.cache/jetjax/xla)
-    ))
-    c.knn = ml_collections.ConfigDict(KNN_DEFAULTS)  # pretraining: kNN probe at each validation (jetjax.knn_validation)
+    # mode finetune: what trains (jetjax/finetune.py): method full | adapter (frozen encoder + block mix) | last_k
+    # (the last unfreeze_blocks particle blocks + class blocks); head_learning_rate: peak lr of the head (None:
+    # 0.1 for the adapter, optimizer.learning_rate otherwise)
+    c.finetune = defaults.new_section("finetune")
+    c.probe = defaults.new_section("probe")      # mode probe: C grid and L-BFGS iterations (jetjax/probe.py)
+    c.layout = defaults.new_section("layout")    # how batches are computed (never what): jetjax/feeding.py
+    c.compile = defaults.new_section("compile")  # JAX's persistent compilation cache ("": $JAX_COMPILATION_CACHE_DIR
+                                                 # or ~/.cache/jetjax/xla; jetjax/compilation.py)
+    c.knn = defaults.new_section("knn")          # pretraining: kNN probe at each validation (jetjax/knn_validation.py)
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from bench_train import realistic_batch
+from jetjax import memory
 from jetjax.models.layers import Block
 from jetjax.models.layout import DenseLayout
 
@@ -66,6 +67,7 @@ def measure(name, loss, params, args, steps):
 
 
 def main():
+    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)

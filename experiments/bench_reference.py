@@ -9,7 +9,7 @@ The jets: a JetClass-II-format folder (`--data`, e.g. made by `python -m jetjax.
 Pythia-simulated jets of the study's classes written to `--cache` (needs the `sim` extra; the synthetic
 generator when it is absent), read through jetjax's own pipeline and fed identically to both: training
 batches from the stratified sampler, inference batches from the natural test stream (multiplicities
-printed). jetjax runs exactly what `fit` runs: `train.run_steps` over the `feeding.Feeder` (slot buckets,
+printed). jetjax runs exactly what `fit` runs: `steps.run_steps` over the `feeding.Feeder` (slot buckets,
 packed layouts, device placement ahead of the step, no host synchronisation per step) and `feeding.run_eval`
 (jets grouped by multiplicity within windows, scores back in stream order). weaver runs its model as its
 training loop does (its SequenceTrimmer on, torch.autocast for bfloat16 on a GPU; `--weaver-compile`:
@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from configs import supervised_part
-from jetjax import compilation, feeding, optim, parallel, train
+from jetjax import build, compilation, feeding, memory, optim, parallel, steps
 from jetjax.data import pipeline, synthetic
 from jetjax.models import sizes
 
@@ -68,10 +68,10 @@ class Jetjax:
 
     def __init__(self, config, example):
         self.mesh = parallel.data_mesh()
-        self.model = train.build_model(config)
+        self.model = build.build_model(config)
         tx = optim.make_optimizer(10_000, **config.optimizer)
-        self.state = parallel.replicate(train.init_state(self.model, tx, example, jax.random.key(0)), self.mesh)
-        self.train_step, self.eval_step = train.make_train_step(self.model, tx), train.make_eval_step(self.model)
+        self.state = parallel.replicate(steps.init_state(self.model, tx, example, jax.random.key(0)), self.mesh)
+        self.train_step, self.eval_step = steps.make_train_step(self.model, tx), steps.make_eval_step(self.model)
         layout = feeding.layout_settings(config)
         # as in fit: training and inference each fix their programs on their own first batches
         self.feeder, self.eval_feeder = (feeding.Feeder(self.model, self.mesh, config.data.num_particles, layout)
@@ -79,7 +79,7 @@ class Jetjax:
         self.batch, self.window = config.train.batch_size, layout.eval_window
 
     def train(self, batches):
-        for self.state, metrics in train.run_steps(self.state, self.train_step, self.feeder, batches):
+        for self.state, metrics in steps.run_steps(self.state, self.train_step, self.feeder, batches):
             pass
         jax.block_until_ready(metrics)
 
@@ -157,10 +157,11 @@ def read_batches(folder, args):
 def worker(framework, dtype, folder, args, connection):
     """One framework in its own process (no thread pools, allocator or cache state shared with the other):
     builds the model, warms up, then times 'train' or 'inference' on request."""
+    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     train_batches, test_batches = read_batches(folder, args)
     if framework == "jetjax":
         config = jetjax_config(args, dtype)
-        engine = Jetjax(config, train.example_batch(config, args.batch))
+        engine = Jetjax(config, build.example_batch(config, args.batch))
         runs = {"train": (engine.train, train_batches), "inference": (engine.infer, test_batches)}
     else:
         import torch

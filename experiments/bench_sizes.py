@@ -23,7 +23,7 @@ import numpy as np
 from bench_train import realistic_batch
 from configs import base
 from jetjax.models import sizes
-from jetjax import optim, train
+from jetjax import build, optim, steps
 
 
 def size_config(name, num_particles):
@@ -39,10 +39,10 @@ def abstract(tree):
 
 def engine(c, batch_size):
     """(model, tx, train step, state shapes, example batch) of config `c`."""
-    model, tx = train.build_model(c), optim.make_optimizer(1000, **c.optimizer)
-    batch = train.example_batch(c, batch_size)
-    state = jax.eval_shape(lambda key: train.init_state(model, tx, batch, key), jax.random.key(0))
-    return model, tx, train.make_train_step(model, tx), state, batch
+    model, tx = build.build_model(c), optim.make_optimizer(1000, **c.optimizer)
+    batch = build.example_batch(c, batch_size)
+    state = jax.eval_shape(lambda key: steps.init_state(model, tx, batch, key), jax.random.key(0))
+    return model, tx, steps.make_train_step(model, tx), state, batch
 
 
 def nbytes(tree):
@@ -61,9 +61,9 @@ def memory(c, batches=(16, 32)):
 
 def throughput(c, batch_size, steps):
     model, tx, step, _, _ = engine(c, batch_size)
-    batch = realistic_batch(batch_size, c.data.num_particles, channels=train.example_batch(c, 1)["features"].shape[-1])
-    batch = {**train.example_batch(c, batch_size), **batch}
-    state = train.init_state(model, tx, batch, jax.random.key(0))
+    batch = realistic_batch(batch_size, c.data.num_particles, channels=build.example_batch(c, 1)["features"].shape[-1])
+    batch = {**build.example_batch(c, batch_size), **batch}
+    state = steps.init_state(model, tx, batch, jax.random.key(0))
     state, metrics = step(state, batch, None)
     jax.block_until_ready(metrics)
     start = time.perf_counter()

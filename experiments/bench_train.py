@@ -1,4 +1,4 @@
-"""The engine's training step and inference exactly as `fit` runs them (train.run_steps over the
+"""The engine's training step and inference exactly as `fit` runs them (steps.run_steps over the
 feeding.Feeder: slot buckets, layout plans, batches placed ahead of the step; feeding.run_eval for
 inference), for any training config in configs/, on jets of realistic multiplicity: jets/s after the
 warm-up, and the XLA programs the warm-up compiled (count and seconds).
@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from jetjax import compilation, feeding, optim, parallel, train
+from jetjax import build, compilation, feeding, memory, optim, parallel, steps
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models import sizes
 
@@ -60,23 +60,23 @@ def bench_case(config, batches, repeats):
     """{'train_jets_per_s', 'inference_jets_per_s' (classifiers), 'compiled_programs', 'compile_s'} of the
     config's engine on `batches` (median of `repeats` passes, after a warm-up pass that compiles)."""
     mesh = parallel.data_mesh()
-    model = train.build_model(config)
+    model = build.build_model(config)
     tx = optim.make_optimizer(10_000, **config.optimizer)
     layout = feeding.layout_settings(config)
     feeder = feeding.Feeder(model, mesh, config.data.num_particles, layout)
     jets = len(batches) * config.train.batch_size
     with compilation.CompileLog() as compiled:
-        state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
-        train_step, eval_step = train.make_train_step(model, tx), train.make_eval_step(model)
+        state = parallel.replicate(steps.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
+        train_step, eval_step = steps.make_train_step(model, tx), steps.make_eval_step(model)
 
         def train_pass():
             nonlocal state
-            for state, metrics in train.run_steps(state, train_step, feeder, iter(batches)):
+            for state, metrics in steps.run_steps(state, train_step, feeder, iter(batches)):
                 pass
             jax.block_until_ready(metrics)
 
         runs = {"train": train_pass}
-        if config.mode in train.CLASSIFIER_MODES:
+        if config.mode in build.CLASSIFIER_MODES:
             runs["inference"] = lambda: feeding.run_eval(state, eval_step, feeder, iter(batches),
                                                          config.train.batch_size, layout.eval_window)
         for run in runs.values():
@@ -87,6 +87,7 @@ def bench_case(config, batches, repeats):
 
 
 def main():
+    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="+", default=["supervised_part", "supervised_ours"],
                         help="config names in configs/ (supervised_part, supervised_ours, mpm, supcon, ...)")

@@ -70,28 +70,28 @@ def first_step_stage(args):
     process (data generated beforehand, not timed)."""
     import jax
 
-    from jetjax import compilation, feeding, optim, parallel, train
+    from jetjax import build, compilation, feeding, optim, parallel, steps
     from jetjax.data import pipeline
 
     config = quickstart_config(args.tiny)
-    data = train.data_settings(config, args.out / "first_step")
+    data = build.data_settings(config, args.out / "first_step")
     batch = next(iter(pipeline.training_sampler(**data, batch_size=config.train.batch_size,
                                                 epoch_size=config.train.batch_size, seed=0).batches(0)))
     times = {}
     with compilation.CompileLog() as compiled:
         start = time.perf_counter()
-        mesh, model = parallel.data_mesh(), train.build_model(config)
+        mesh, model = parallel.data_mesh(), build.build_model(config)
         tx = optim.make_optimizer(100, **config.optimizer)
-        state = parallel.replicate(train.init_state(model, tx, batch, jax.random.key(0)), mesh)
+        state = parallel.replicate(steps.init_state(model, tx, batch, jax.random.key(0)), mesh)
         layout = feeding.layout_settings(config)
         feeder, eval_feeder = (feeding.Feeder(model, mesh, config.data.num_particles, layout) for _ in range(2))
-        for state, metrics in train.run_steps(state, train.make_train_step(model, tx), feeder, iter([batch])):
+        for state, metrics in steps.run_steps(state, steps.make_train_step(model, tx), feeder, iter([batch])):
             jax.block_until_ready(metrics)
         times["first_train_step_s"] = round(time.perf_counter() - start, 2)
         start = time.perf_counter()
         validation = pipeline.validation_batches(**data, num_jets=config.train.batch_size,
                                                  batch_size=config.train.batch_size, seed=1)
-        feeding.run_eval(state, train.make_eval_step(model), eval_feeder, validation, config.train.batch_size, 1)
+        feeding.run_eval(state, steps.make_eval_step(model), eval_feeder, validation, config.train.batch_size, 1)
         times["first_eval_step_s"] = round(time.perf_counter() - start, 2)
     return {**times, **compiled.summary()}
 

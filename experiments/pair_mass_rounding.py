@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import export, physics, train
+from jetjax import build, export, physics
 from jetjax.data import chunks, features, pipeline, readers
 from jetjax.models.convert import convert_state_dict, load_state_dict
 from jetjax.models.part import ParT
@@ -56,7 +56,7 @@ def reference_model():
 def run_model(run, data, jets):
     config, encoder, variables = export.load_run(run)
     config.data.root = data
-    batches = pipeline.test_batches(**train.data_settings(config, run), batch_size=jets)
+    batches = pipeline.test_batches(**build.data_settings(config, run), batch_size=jets)
     batch = next(iter(batches))
     settings = {k: getattr(encoder, k) for k in ("num_classes", "embed_dims", "pair_embed_dims", "num_heads",
                                                    "num_layers", "num_cls_layers", "ffn", "ffn_ratio",

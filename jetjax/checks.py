@@ -3,6 +3,8 @@ workdir's stored config against the one a rerun brings (`compare_with_workdir`).
 import json
 from pathlib import Path
 
+from configs import defaults
+
 COUNTS = {
     "train.batch_size": 1, "train.epochs": 1, "train.accumulate": 1, "train.log_every": 1,
     "train.keep_checkpoints": 1,
@@ -47,19 +49,17 @@ FIXED = ("mode", "seed", "model", "objective", "data.feature_set", "data.num_par
 """Keys (and sections) a run's state depends on: a workdir with checkpoints refuses a config that changes them."""
 
 
-SAVED_WITHOUT = {"model.pair_mass": "reference"}
-"""Keys runs saved before they existed were run with, and the value they had then."""
 
 
 def stored_pair_mass(run):
     """model.pair_mass of the workdir `run` (runs saved before the key existed: 'reference')."""
     stored = flat(json.loads((Path(run) / "config.json").read_text()))
-    return stored.get("model.pair_mass", SAVED_WITHOUT["model.pair_mass"])
+    return stored.get("model.pair_mass", defaults.SAVED_WITHOUT["model.pair_mass"])
 
 
 def check_same_pair_mass(config, run, key="train.init_from"):
     """An encoder reused from the workdir `run` was trained on its own pair mass: the new run must compute it alike."""
-    theirs, ours = stored_pair_mass(run), config.model.get("pair_mass", SAVED_WITHOUT["model.pair_mass"])
+    theirs, ours = stored_pair_mass(run), defaults.value(config, "model.pair_mass")
     if theirs != ours:
         raise ValueError(f"{key}={str(run)!r} was trained with model.pair_mass={theirs!r}, this config has "
                          f"{ours!r}: set --config.model.pair_mass={theirs}")
@@ -87,7 +87,7 @@ def compare_with_workdir(config, workdir):
     stored_path = Path(workdir) / "config.json"
     if not stored_path.exists() or not (Path(workdir) / "checkpoints").exists():
         return []
-    stored = {**SAVED_WITHOUT, **flat(json.loads(stored_path.read_text()))}
+    stored = {**defaults.SAVED_WITHOUT, **flat(json.loads(stored_path.read_text()))}
     new = flat(json.loads(config.to_json_best_effort()))
     changed = sorted(k for k in set(stored) & set(new) if stored[k] != new[k])  # keys newer than the run: its defaults
     refused = [k for k in changed if is_fixed(k)]

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import jax
 
+from configs import defaults
+
 BACKEND_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
 DEFAULT_CACHE_DIR = Path("~/.cache/jetjax/xla")
@@ -55,10 +57,10 @@ def use_persistent_cache(config):
     else the folder jax already has ($JAX_COMPILATION_CACHE_DIR), else ~/.cache/jetjax/xla. Takes effect where
     nothing has compiled yet (the command line calls it first; `train.fit` calls it too); returns the folder or
     None."""
-    settings = config.get("compile", {})
-    if not settings.get("cache", True):
+    settings = defaults.section(config, "compile")
+    if not settings.cache:
         return None
-    folder = settings.get("cache_dir") or jax.config.jax_compilation_cache_dir or DEFAULT_CACHE_DIR
+    folder = settings.cache_dir or jax.config.jax_compilation_cache_dir or DEFAULT_CACHE_DIR
     jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # every program: a rerun compiles nothing
     return jax.config.jax_compilation_cache_dir

@@ -33,7 +33,7 @@ import numpy as np
 
 from jetjax import metrics, study
 from jetjax.data import pipeline
-from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, write_csv
+from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, pyplot, write_csv
 
 METHODS = {"scratch": ("supervised", None), "probe": ("probe", None), "finetune": ("finetune", "full"),
            "adapter": ("finetune", "adapter")}
@@ -168,9 +168,7 @@ def write_report(runs, out):
 def plot(rows, path):
     """Macro AUC and accuracy against the labelled jets (log x), one line per method, error bars = std over
     seeds."""
-    from jetjax.report import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 4))
     for axis, (key, title) in zip(axes, METRICS.items()):
         for method in dict.fromkeys(r["method"] for r in rows):

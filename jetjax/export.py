@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jetjax import train
+from jetjax import build, checkpoint
 from jetjax.data.classes import task_scheme
 from jetjax.data.features import FEATURE_SETS, JET_PT_GEV, STANDARDISATION
 from jetjax.models.convert import WEAVER_VERSIONS, save_state_dict, to_state_dict
@@ -67,9 +67,9 @@ CHANNEL_DEFINITIONS = {
 def load_run(run):
     """(config, encoder, variables) of the workdir `run`: the encoder module (`jetjax.models.ParT`) of the
     run's objective and its parameters and BatchNorm statistics from the best checkpoint."""
-    restored = train.best_checkpoint(run, "--run")
+    restored = checkpoint.best_checkpoint(run, "--run")
     config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
-    encoder = train.build_model(config).encoder
+    encoder = build.build_model(config).encoder
     variables = {"params": restored["params"]["encoder"],
                  "batch_stats": restored.get("batch_stats", {}).get("encoder", {})}
     return config, encoder, jax.tree.map(jnp.asarray, variables)

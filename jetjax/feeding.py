@@ -7,30 +7,23 @@ import itertools
 import jax
 import numpy as np
 
+from configs import defaults
 from jetjax import parallel
 from jetjax.data import pipeline
 from jetjax.models.layout import bounded_plans, bounded_slots, fits, plan_slots
 
-LAYOUT_DEFAULTS = dict(mode="auto", buckets=4, groups=4, slot_multiple=16, eval_window=16, sample_batches=16)
-"""config.layout: how batches are computed (never what). `mode`: 'packed' (per-particle layers and the pair
-MLP on real particles and pairs only, attention on `groups` groups of jets sorted by multiplicity), 'dense'
-(every slot of the batch's slot bucket: large static shapes for GPUs and TPUs), 'auto' (packed on the CPU,
-dense elsewhere). `buckets`: the programs per step function, fixed from the multiplicities of the first
-`sample_batches` batches (the last one holds any batch); slot counts are multiples of `slot_multiple`;
-validation and test jets are grouped by multiplicity within windows of `eval_window` batches."""
-
 LAYOUT_MODES = ("auto", "packed", "dense")
+"""config.layout (defaults: configs/defaults.py): how batches are computed (never what). `mode`: 'packed' (per-
+particle layers and the pair MLP on real particles and pairs only, attention on `groups` groups of jets sorted
+by multiplicity), 'dense' (every slot of the batch's slot bucket: large static shapes for GPUs and TPUs), 'auto'
+(packed on the CPU, dense elsewhere). `buckets`: the programs per step function, fixed from the multiplicities
+of the first `sample_batches` batches (the last one holds any batch); slot counts are multiples of
+`slot_multiple`; validation and test jets are grouped by multiplicity within windows of `eval_window` batches."""
 
 
 def layout_settings(config):
-    """config.layout with the defaults filled in; runs saved before `mode` existed kept `packed` (a bool)."""
-    import ml_collections
-
-    saved = dict(config.get("layout", {}))
-    if "packed" in saved:
-        packed = saved.pop("packed")
-        saved.setdefault("mode", "packed" if packed else "dense")
-    layout = ml_collections.ConfigDict({**LAYOUT_DEFAULTS, **saved})
+    """config.layout with the defaults filled in, checked."""
+    layout = defaults.section(config, "layout")
     if layout.mode not in LAYOUT_MODES:
         raise ValueError(f"config.layout.mode={layout.mode!r} is not one of {LAYOUT_MODES}")
     if layout.buckets < 1 or layout.sample_batches < 1:

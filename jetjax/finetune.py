@@ -16,19 +16,18 @@ BatchNorm statistics stay bit-identical (optim.freeze, eval mode).
 """
 import flax.linen as nn
 import jax
-import ml_collections
 
+from configs import defaults
 from jetjax import losses, objectives, optim
 from jetjax.models.heads import BlockMixClassifier
 
 METHODS = ("full", "adapter", "last_k")
-DEFAULTS = dict(method="full", unfreeze_blocks=2, head_learning_rate=None)
 ADAPTER_HEAD_LEARNING_RATE = 0.1
 
 
 def settings(config):
-    """config.finetune with the defaults filled in (runs saved before the section existed have none)."""
-    values = ml_collections.ConfigDict({**DEFAULTS, **config.get("finetune", {})})
+    """config.finetune with the defaults filled in (configs/defaults.py), checked."""
+    values = defaults.section(config, "finetune")
     if values.method not in METHODS:
         raise ValueError(f"config.finetune.method={values.method!r} is not one of {METHODS}")
     if values.method != "full" and config.mode not in ("finetune", "evaluate"):
@@ -71,7 +70,7 @@ def classifier(config, encoder_class, model_settings, num_classes):
 
 def optimizer_settings(config, num_layers):
     """`trainable` and `head_learning_rate` keywords of optim.make_optimizer for a run of `config`."""
-    values = settings(config) if config.mode == "finetune" else ml_collections.ConfigDict(DEFAULTS)
+    values = settings(config) if config.mode == "finetune" else defaults.new_section("finetune")
     trainable, head_learning_rate = None, values.head_learning_rate
     if values.method == "adapter":
         trainable = optim.is_head

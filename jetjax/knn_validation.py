@@ -7,25 +7,17 @@ validation jet is classified by the votes of its `knn.k` most similar (cosine) t
 representation is tracked while the objective trains, with no classifier trained.
 """
 import jax
-import ml_collections
 
+from configs import defaults
 from jetjax import metrics
 from jetjax.data import pipeline
-
-KNN_DEFAULTS = dict(train_jets=4096, val_jets=2048, k=20)
-"""config.knn: labelled training jets (0 = no probe), validation jets, neighbours per vote."""
-
-
-def knn_settings(config):
-    """config.knn with the defaults filled in (runs saved before the section existed have none)."""
-    return ml_collections.ConfigDict({**KNN_DEFAULTS, **config.get("knn", {})})
 
 
 def probe_samples(config, data, batch_size):
     """(labelled training batches, validation batches) of the probe, as lists of (global) batches; None when the
     run is not a pretraining run or `knn.train_jets` is 0. Drawn with seeds of their own (the training
     stream's and the validation pass's jets are not changed)."""
-    knn = knn_settings(config)
+    knn = defaults.section(config, "knn")  # labelled training jets (0: no probe), validation jets, k
     if config.mode != "pretrain" or not knn.train_jets:
         return None
     if not 1 <= knn.k <= knn.train_jets or knn.val_jets < batch_size or knn.train_jets < batch_size:

@@ -20,7 +20,7 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import compilation, efficiency, parallel, predict, probe, scaling, study, train
+from jetjax import compilation, efficiency, evaluation, memory, parallel, predict, probe, scaling, study, train
 
 STUDIES = {"study": study, "efficiency": efficiency, "scaling": scaling}
 """Modes that run several runs, and their modules."""
@@ -31,6 +31,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (default: run
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
+    memory.keep_freed_memory()  # before jax starts its backend threads (jetjax/memory.py)
     config = _CONFIG.value
     name = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"
@@ -39,7 +40,7 @@ def main(argv):
     if config.mode in STUDIES:
         STUDIES[config.mode].run(config, workdir)
     elif config.mode == "evaluate":
-        train.evaluate(config, workdir)
+        evaluation.evaluate(config, workdir)
     elif config.mode == "predict":
         predict.run(config)
     elif config.mode == "probe":

@@ -13,12 +13,18 @@ which is what tiny, compile-bound runs notice. So it applies only where jax will
 (`cpu_backend_expected`): on a GPU or TPU host XLA's buffers live in device memory and the host mostly
 compiles, with many threads, for which one arena is no help (not measured on a GPU yet). Set
 JETJAX_KEEP_FREED_MEMORY=0 to leave malloc as it is everywhere, =1 to apply it everywhere.
-It only takes effect before jax starts its backend threads, which is why `import jetjax` applies it.
+
+The engine applies it where a run starts, before jax starts its backend threads (the command line, jetjax/main.py;
+`train.fit` and `probe.fit` for notebooks); `import jetjax` changes nothing, so importing a loss function
+leaves the process's malloc alone.
 """
 import ctypes
+import functools
 import importlib.util
 import os
 import sys
+
+from jetjax.devices import system_accelerators
 
 JAX_PLUGINS = {"gpu": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "tpu": ("libtpu",)}
 """The packages that give jax each accelerator backend (the cuda12 / cuda13 / tpu extras install them)."""
@@ -28,8 +34,6 @@ def cpu_backend_expected(platforms=None, accelerators=None):
     """Whether jax will compute on the CPU, decided before jax is imported: JAX_PLATFORMS (`platforms`) names
     the CPU first, or no accelerator the system shows (`accelerators`, devices.system_accelerators) has its
     jax plugin installed."""
-    from jetjax.devices import system_accelerators
-
     platforms = os.environ.get("JAX_PLATFORMS", "") if platforms is None else platforms
     if platforms:
         return platforms.split(",")[0].strip() == "cpu"
@@ -39,10 +43,11 @@ def cpu_backend_expected(platforms=None, accelerators=None):
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc's mallopt parameters (malloc.h)
 
 
+@functools.cache
 def keep_freed_memory():
     """One malloc arena, no mmap-served allocations, no trimming (mallopt); True when glibc accepted all
     three, False where it does not apply (not Linux/glibc, JETJAX_KEEP_FREED_MEMORY=0, or, unless that is 1,
-    a run that will compute on a GPU or TPU)."""
+    a run that will compute on a GPU or TPU). Applied once per process: later calls return the first answer."""
     setting = os.environ.get("JETJAX_KEEP_FREED_MEMORY", "")
     if setting == "0" or not sys.platform.startswith("linux") or (setting != "1" and not cpu_backend_expected()):
         return False

@@ -175,15 +175,6 @@ def micro_auc_from_pairs(twice_correct_pairs, n_jets, n_classes):
     return twice_correct_pairs / (2 * n_jets * n_jets * (n_classes - 1))
 
 
-def micro_roc_auc(scores, labels):
-    """AUC of the flattened one-hot labels against the flattened scores (scikit-learn's
-    average='micro'), without materialising the N*K flattened arrays."""
-    positives = true_class_scores(scores, labels)
-    n_jets, n_classes = scores.shape
-    twice_correct = sum(micro_pairs(positives, binary_roc(scores[:, k], labels == k)) for k in range(n_classes))
-    return micro_auc_from_pairs(twice_correct, n_jets, n_classes)
-
-
 def accuracy(scores, labels):
     """Fraction of jets whose highest score is their own class."""
     return float(np.mean(np.argmax(scores, axis=1) == labels))

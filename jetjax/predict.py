@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import tqdm
 
-from jetjax import feeding, parallel, train
+from jetjax import evaluation, feeding, parallel, steps
 from jetjax.data import features, pipeline
 from jetjax.data.classes import task_scheme
 from jetjax.data.chunks import LABEL_COLUMN, DataError, DataReport, MissingColumnError
@@ -130,7 +130,7 @@ def run(config):
         raise ValueError("config.predict.run (the trained classifier's workdir) and config.predict.out (the output "
                          ".parquet or .root file) must be set")
     mesh = parallel.data_mesh()
-    run_config, model, state = train.trained_classifier(Path(settings.run), mesh, "predict.run")
+    run_config, model, state = evaluation.trained_classifier(Path(settings.run), mesh, "predict.run")
     scheme, feature_set = task_scheme(run_config.data), run_config.data.feature_set
     batch_size = settings.batch_size or run_config.train.batch_size
     parallel.check_batch_size(batch_size, mesh)
@@ -139,7 +139,7 @@ def run(config):
     column_map = dataclasses.replace(column_map, renamed=column_map.renamed + ((LABEL_COLUMN, ""),))  # labels unused
     layout = feeding.layout_settings(run_config)
     report, failed, written = DataReport(), [], 0
-    scorer = make_scorer(state, train.make_eval_step(model), feeding.Feeder(model, mesh, run_config.data.num_particles,
+    scorer = make_scorer(state, steps.make_eval_step(model), feeding.Feeder(model, mesh, run_config.data.num_particles,
                                                                           layout),
                          feature_set, run_config.data.num_particles, batch_size, layout.eval_window,
                          settings.embeddings, report)

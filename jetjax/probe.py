@@ -18,26 +18,24 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import scipy.optimize
 
-from jetjax import checks, compilation, devices, knn_validation, metrics, objectives, parallel, train
+from configs import defaults
+from jetjax import (build, checks, compilation, devices, evaluation, knn_validation, memory, metrics, objectives,
+                    parallel, steps, train)
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
-from jetjax.data.labelled import LabelledSampler
 from jetjax.data.chunks import DataReport
+from jetjax.data.labelled import LabelledSampler
 from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval, softmax
 
-PROBE_DEFAULTS = dict(c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), max_iterations=1000)
-"""config.probe: inverse L2 strengths tried (scikit-learn's C), L-BFGS iterations at most per fit."""
-
-
 def probe_settings(config):
-    """config.probe with the defaults filled in; errors name the key."""
-    values = ml_collections.ConfigDict({**PROBE_DEFAULTS, **config.get("probe", {})})
+    """config.probe (inverse L2 strengths tried, scikit-learn's C; L-BFGS iterations at most per fit) with the
+    defaults filled in (configs/defaults.py); errors name the key."""
+    values = defaults.section(config, "probe")
     if not values.c_grid or any(c <= 0 for c in values.c_grid):
         raise ValueError(f"config.probe.c_grid={tuple(values.c_grid)}: give one or more positive inverse L2 "
                          "strengths (scikit-learn's C)")
@@ -106,8 +104,9 @@ def training_jets(config, data, batch_size, report):
 def fit(config, workdir):
     """Fit the linear probe of `config` (mode 'probe') in `workdir` and evaluate it on the test stream (module
     docstring). Returns the run's record (as train.fit does)."""
+    memory.keep_freed_memory()
     settings = probe_settings(config)
-    model = train.build_model(config)
+    model = build.build_model(config)
     compilation.use_persistent_cache(config)
     devices.announce(model.encoder.dtype)
     if not config.train.init_from:
@@ -116,13 +115,13 @@ def fit(config, workdir):
     workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_main_process():
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-    mesh, batch_size = parallel.data_mesh(), train.micro_batch_size(config)
+    mesh, batch_size = parallel.data_mesh(), build.micro_batch_size(config)
     report, validation_report = DataReport(), DataReport()
-    data = train.data_settings(config, workdir)
+    data = build.data_settings(config, workdir)
     model = objectives.prepare(model, workdir, data, config.seed)
-    state = train.init_state(model, optax.set_to_zero(), train.example_batch(config, batch_size),
+    state = steps.init_state(model, optax.set_to_zero(), build.example_batch(config, batch_size),
                              jax.random.key(config.seed))
-    state = train.load_encoder(state, config.train.init_from)
+    state = build.load_encoder(state, config.train.init_from)
     checks.check_same_pair_mass(config, config.train.init_from)
     replicated = parallel.replicate(state, mesh)
     layout = layout_settings(config)
@@ -160,5 +159,5 @@ def fit(config, workdir):
     if parallel.is_main_process():
         (workdir / "data_report.json").write_text(json.dumps(
             {**report.as_dict(), "validation": validation_report.as_dict()}, indent=2))
-    train.evaluate(config, workdir)
+    evaluation.evaluate(config, workdir)
     return record

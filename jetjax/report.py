@@ -114,7 +114,8 @@ def _file_name(text):
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -124,7 +125,7 @@ def _pyplot():
 def plot_roc_curves(results, folder, titles=None):
     """One PNG per signal class, roc_<class>.png: background rejection (log) against signal efficiency,
     one line per run. Points where no background passes (infinite rejection) are left out."""
-    plt = _pyplot()
+    plt = pyplot()
     _, signal_classes = _check_same_classes(results)
     titles = titles or {}
     folder = Path(folder)
@@ -152,7 +153,7 @@ def plot_tsne(embeddings, class_names, path, max_points=2000, seed=0):
 
     `embeddings` maps run name -> (features (M, D), labels (M,)); each run is subsampled to at most
     `max_points` jets without replacement with a generator seeded by `seed`, as is the t-SNE itself."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(embeddings), figsize=(5 * len(embeddings), 5), squeeze=False)
     for ax, (run, (features, labels)) in zip(axes[0], embeddings.items()):
         features, labels = np.asarray(features), np.asarray(labels)
@@ -193,7 +194,7 @@ def read_metrics_log(path):
 def plot_training_curves(metrics_log, path):
     """PNG of a run's curves against the training step: training and validation loss (left), the validation
     quantity that selects the best checkpoint (`val_*`, right). `metrics_log`: the run's metrics.jsonl."""
-    plt = _pyplot()
+    plt = pyplot()
     log = read_metrics_log(metrics_log)
     train, val = log.get("train", {}), log.get("val", {})
     fig, (loss_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 4))

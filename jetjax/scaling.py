@@ -25,7 +25,7 @@ from jetjax import metrics, study
 from jetjax.checkpoint import stored_record
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models import sizes
-from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, write_csv
+from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, pyplot, write_csv
 
 
 
@@ -123,9 +123,7 @@ def write_report(rows, objective, out):
 def plot(rows, a, alpha, tuned, objective, path):
     """Left: validation loss against encoder parameters (log-log) with the fitted power law; right (when
     fine-tuned): the test metrics against the parameters (log x)."""
-    from jetjax.report import _pyplot
-
-    plt = _pyplot()
+    plt = pyplot()
     figure, axes = plt.subplots(1, 1 + bool(tuned), figsize=(5 * (1 + bool(tuned)), 4), squeeze=False)
     n = np.array([r["parameters"] for r in rows], float)
     line = np.geomspace(n.min() / 1.5, n.max() * 1.5, 50)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import metrics, optim, probe, report, train
+from jetjax import build, checkpoint, metrics, optim, probe, report, train
 from jetjax.checkpoint import stored_record
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -111,7 +111,7 @@ def validation_sample(run_config, run, num_jets):
     """Batches of the first `num_jets` (rounded up to whole batches of the run) of the balanced validation sample
     of the workdir `run` with config `run_config`: the jets its validations saw."""
     batch_size = run_config.train.batch_size
-    return pipeline.validation_batches(**train.data_settings(run_config, run), batch_size=batch_size,
+    return pipeline.validation_batches(**build.data_settings(run_config, run), batch_size=batch_size,
                                        num_jets=-(-num_jets // batch_size) * batch_size, seed=run_config.seed + 1)
 
 
@@ -119,8 +119,8 @@ def validation_embeddings(run, num_jets):
     """The representation z of the best checkpoint of the workdir `run` (any mode) for the first `num_jets`
     jets of its balanced validation sample, with their labels: the encoder alone, eval mode, no views."""
     run_config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
-    restored = train.best_checkpoint(run, "study.tsne")
-    encoder = train.build_model(run_config).encoder
+    restored = checkpoint.best_checkpoint(run, "study.tsne")
+    encoder = build.build_model(run_config).encoder
     variables = {"params": restored["params"]["encoder"], "batch_stats": restored["batch_stats"]["encoder"]}
     variables = jax.tree.map(jnp.asarray, variables)
     embed = jax.jit(lambda v, b: encoder.apply(v, b["features"], b["vectors"], b["mask"])["z"])
@@ -149,11 +149,11 @@ def run_stages(config, workdir, plan):
     unfinished one resumed. Stages that read the study's data (`data.root` as in `config`) share one data
     set (synthetic: made once in `workdir/data`). False when a stage was stopped by a signal."""
     for _, _, c in plan:  # a wrong model, probe or optimiser setting of any stage fails before any work
-        train.build_model(c)
+        build.build_model(c)
         if c.mode == "probe":
             probe.probe_settings(c)
         optim.make_optimizer(c.train.epochs * (c.data.epoch_size // c.train.batch_size), **c.optimizer)
-    data = train.data_settings(config, workdir)
+    data = build.data_settings(config, workdir)
     for name, row, c in plan:
         if c.data.root == config.data.root:
             c.data.update(dict(root=data["root"], synthetic_jets_per_group=0))

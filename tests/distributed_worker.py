@@ -16,17 +16,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from jetjax import optim, parallel, train
+from jetjax import build, optim, parallel, steps, train
 from jetjax.checkpoint import Checkpoints
 
 
 def restored_latest(config, workdir):
     """{path: array} of the latest checkpoint restored onto a replicated state of this topology; None if
     there is none."""
-    model = train.build_model(config)
-    tx = train.accumulated(optim.make_optimizer(1, **config.optimizer), config.train.accumulate)
+    model = build.build_model(config)
+    tx = steps.accumulated(optim.make_optimizer(1, **config.optimizer), config.train.accumulate)
     sharding = parallel.replicated(parallel.data_mesh())
-    shapes = jax.eval_shape(lambda key: train.init_state(model, tx, train.example_batch(config, 2), key),
+    shapes = jax.eval_shape(lambda key: steps.init_state(model, tx, build.example_batch(config, 2), key),
                             jax.random.key(0))
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
     stored = Checkpoints(workdir)
@@ -39,8 +39,8 @@ def restored_latest(config, workdir):
 
 
 def stop_at(step):
-    """train.run_steps that sends this process SIGTERM right after `step`."""
-    run_steps = train.run_steps
+    """steps.run_steps that sends this process SIGTERM right after `step`."""
+    run_steps = steps.run_steps
 
     def stopping(state, *args):
         for state, metrics in run_steps(state, *args):
@@ -58,13 +58,13 @@ def run(config_path, workdir, out, stop_step=None):
     out.mkdir(parents=True, exist_ok=True)
     for name in ("before", "after"):
         if name == "after":
-            run_steps = train.run_steps
+            run_steps = steps.run_steps
             if stop_step is not None:
-                train.run_steps = stop_at(int(stop_step))
+                steps.run_steps = stop_at(int(stop_step))
             try:
                 train.fit(config, workdir)
             finally:
-                train.run_steps = run_steps
+                steps.run_steps = run_steps
         values = restored_latest(config, workdir)
         if values is not None and parallel.is_main_process():
             np.savez(out / f"{name}.npz", **values)

@@ -1,7 +1,7 @@
 """Gradient accumulation (`train.accumulate`): k micro batches through the engine's train step give the update
 of one step on their union (the loss is a mean over jets; k equal micro batches), and the parameters stay put
 in between. BatchNorm is left out here on purpose: with it each micro batch is normalised by its own
-statistics, which is not the large batch's computation (train.accumulated)."""
+statistics, which is not the large batch's computation (steps.accumulated)."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jetjax import parallel, train
+from jetjax import build, parallel, steps
 
 
 class LinearObjective(nn.Module):
@@ -35,8 +35,8 @@ def toy_batches(micro, size):
 def run(tx, batches):
     """The parameters before and after each train step on `batches`."""
     model, mesh = LinearObjective(), parallel.data_mesh()
-    state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
-    step, trajectory = train.make_train_step(model, tx), [jax.device_get(state.params)]
+    state = parallel.replicate(steps.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
+    step, trajectory = steps.make_train_step(model, tx), [jax.device_get(state.params)]
     for batch in batches:
         state, _ = step(state, parallel.shard_batch(batch, mesh), None)
         trajectory.append(jax.device_get(state.params))
@@ -48,7 +48,7 @@ def test_accumulated_micro_batches_equal_one_large_batch():
     large, micro_batches = toy_batches(micro, 8)
     adamw = optax.adamw(1e-2, weight_decay=0.01)
     initial, once = run(adamw, [large])
-    accumulated = run(train.accumulated(adamw, micro), micro_batches * 2)
+    accumulated = run(steps.accumulated(adamw, micro), micro_batches * 2)
     for params in accumulated[1:micro]:  # no update within a cycle
         for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(initial)):
             np.testing.assert_array_equal(a, b)
@@ -61,6 +61,6 @@ def test_accumulated_micro_batches_equal_one_large_batch():
 def test_accumulate_must_divide_the_batch():
     config = ml_collections.ConfigDict(dict(train=dict(batch_size=32, accumulate=3)))
     with pytest.raises(ValueError, match="train.accumulate=3 must be a positive divisor of train.batch_size=32"):
-        train.micro_batch_size(config)
+        build.micro_batch_size(config)
     config.train.accumulate = 4
-    assert train.micro_batch_size(config) == 8
+    assert build.micro_batch_size(config) == 8

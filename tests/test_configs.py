@@ -4,7 +4,7 @@ import importlib
 import jax
 import pytest
 
-from jetjax import optim, train
+from jetjax import build, optim
 from jetjax.data.classes import get_scheme
 
 CONFIGS = [("supervised_part", None), ("supervised_ours", None), ("supervised_ours_muon", None),
@@ -16,8 +16,8 @@ CONFIGS = [("supervised_part", None), ("supervised_ours", None), ("supervised_ou
 def test_config_builds_its_model_and_optimizer(name, stage):
     module = importlib.import_module(f"configs.{name}")
     config = module.get_config(stage) if stage else module.get_config()
-    model = train.build_model(config)
-    batch = train.example_batch(config, 2)
+    model = build.build_model(config)
+    batch = build.example_batch(config, 2)
     shapes = jax.eval_shape(model.init, jax.random.key(0), batch, jax.random.key(1))
     tx = optim.make_optimizer(100, **config.optimizer)
     jax.eval_shape(tx.init, shapes["params"])

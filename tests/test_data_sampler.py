@@ -135,17 +135,6 @@ def test_prefetch_yields_the_same_batches_and_reraises_errors(dataset):
         next(stream)
 
 
-def test_to_device_places_batches_with_the_sharding(dataset):
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    batch = next(sampler(dataset).batches())
-    placed = pipeline.to_device(batch, NamedSharding(mesh, PartitionSpec("data")))
-    assert placed["features"].sharding.spec == PartitionSpec("data")
-    np.testing.assert_array_equal(np.asarray(placed["features"]), batch["features"])
-
-
 def test_skim_keeps_every_task_jet_and_nothing_else(dataset, tmp_path):
     report = DataReport()
     written = pipeline.skim(dataset, tmp_path, report=report)

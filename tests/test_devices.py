@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from jetjax import devices, feeding, train
+from jetjax import build, devices, feeding
+from jetjax.steps import init_state, make_train_step
 
 
 PORTABLE_CUSTOM_CALLS = {"Sharding", "SPMDFullToShardShape", "SPMDShardToFullShape"}
@@ -70,7 +71,7 @@ def test_compute_dtype():
 def test_build_model_resolves_auto_for_this_backend():
     config = quickstart.get_config()
     config.model.dtype = "auto"
-    assert train.build_model(config).encoder.dtype == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
+    assert build.build_model(config).encoder.dtype == (jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16)
 
 
 def test_device_line():
@@ -98,21 +99,21 @@ def test_the_engine_train_step_lowers_for_tpu_without_platform_kernels():
     bfloat16 lowers for TPU from this CPU machine, and calls no platform-specific kernel (a CUDA-only fused
     kernel would fail to lower or show up as a custom call)."""
     from conftest import toy_jets
-    from jetjax import optim, parallel
+    from jetjax import build, optim, parallel
 
     config = quickstart.get_config()
     config.model.update(dict(embed_dims=(16, 16, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=1,
                              num_cls_layers=1, dtype="bfloat16"))
     config.data.num_particles = 16
     config.layout.mode = "packed"
-    model = train.build_model(config)
+    model = build.build_model(config)
     tx = optim.make_optimizer(100, **config.optimizer)
     batch = {k: np.asarray(v) for k, v in toy_jets(batch=4, slots=16, lengths=(16, 9, 3, 1)).items()}
-    state = jax.eval_shape(lambda: train.init_state(model, tx, batch, jax.random.key(0)))
+    state = jax.eval_shape(lambda: init_state(model, tx, batch, jax.random.key(0)))
     feeder = feeding.Feeder(model, parallel.data_mesh(), 16, feeding.layout_settings(config))
     feeder.settle([batch])
     batch, plan = feeder.prepare(batch)
     assert plan is not None  # the packed layout
-    exported = jax.export.export(train.make_train_step(model, tx), platforms=["tpu"])(state, batch, plan)
+    exported = jax.export.export(make_train_step(model, tx), platforms=["tpu"])(state, batch, plan)
     assert exported.platforms == ("tpu",)
     assert set(re.findall(r"custom_call @(\w+)", exported.mlir_module())) <= PORTABLE_CUSTOM_CALLS

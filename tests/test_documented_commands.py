@@ -18,7 +18,7 @@ PLAN = """
 import sys
 from absl import flags
 from ml_collections import config_flags
-from jetjax import efficiency, scaling, study, train
+from jetjax import build, efficiency, scaling, study
 config = config_flags.DEFINE_config_file("config", lock_config=True)
 flags.DEFINE_string("workdir", "runs/x", "")
 flags.FLAGS(sys.argv)
@@ -27,10 +27,10 @@ studies = {"study": study, "efficiency": efficiency, "scaling": scaling}
 if c.mode in studies:
     plan = studies[c.mode].stages(c, flags.FLAGS.workdir)
     for _, _, stage in plan:
-        train.build_model(stage)
+        build.build_model(stage)
     print(c.mode, len(plan), "stages")
 elif c.mode != "predict":
-    train.build_model(c)
+    build.build_model(c)
     print(c.mode)
 else:
     print(c.mode)

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from jetjax import feeding, objectives, parallel, train
+from configs import defaults
+from jetjax import feeding, objectives, parallel, steps, train
 from jetjax.data import pipeline, synthetic
 from jetjax.models.part import ParT
 
@@ -26,7 +27,7 @@ def dataset(tmp_path_factory):
 
 def feeder(model, packed, slot_multiple):
     """A Feeder with packing on or off; slot_multiple=SLOTS computes every batch on all P slots."""
-    layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "mode": "packed" if packed else "dense",
+    layout = ml_collections.ConfigDict({**defaults.new_section("layout"), "mode": "packed" if packed else "dense",
                                         "groups": 3, "slot_multiple": slot_multiple, "sample_batches": 4})
     return feeding.Feeder(model, parallel.data_mesh(), SLOTS, layout)
 
@@ -41,13 +42,13 @@ def test_bucketed_packed_training_equals_the_p_slot_computation(dataset):
     model, tx = tiny_classifier(), optax.sgd(0.1)
     batches = list(pipeline.training_sampler(dataset, batch_size=16, epoch_size=96, num_particles=SLOTS,
                                              seed=0).batches(0))
-    step = train.make_train_step(model, tx)
+    step = steps.make_train_step(model, tx)
     runs = []
     for packed, multiple in ((False, SLOTS), (True, 8)):
-        state = train.init_state(model, tx, batches[0], jax.random.key(0))
+        state = steps.init_state(model, tx, batches[0], jax.random.key(0))
         feed = feeder(model, packed, multiple)
         losses = []
-        for state, metrics in train.run_steps(state, step, feed, batches):
+        for state, metrics in steps.run_steps(state, step, feed, batches):
             losses.append(float(metrics["loss"]))
         runs.append((losses, state, feed.used))
     (losses_p, state_p, plans_p), (losses_b, state_b, plans_b) = runs
@@ -63,8 +64,8 @@ def test_bucketed_packed_training_equals_the_p_slot_computation(dataset):
 def test_evaluation_is_bucketed_exactly_and_in_stream_order(dataset):
     model = tiny_classifier()
     batches = list(pipeline.test_batches(dataset, batch_size=50, num_particles=SLOTS))
-    state = train.init_state(model, optax.sgd(0.1), batches[0], jax.random.key(1))
-    eval_step = train.make_eval_step(model)
+    state = steps.init_state(model, optax.sgd(0.1), batches[0], jax.random.key(1))
+    eval_step = steps.make_eval_step(model)
     # the reference: each batch of the stream in turn, on all P slots, no regrouping (compiled too: op by op,
     # ln m^2 of a massless particle with itself is rounded differently, see test_part_reference.py)
     apply = jax.jit(lambda b: model.apply({"params": state.params, "batch_stats": state.batch_stats}, b,

@@ -16,7 +16,7 @@ import pytest
 from conftest import shared_path, toy_jets
 
 from configs import base, quickstart
-from jetjax import export, train
+from jetjax import build, export
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import chunks, features, readers
 from jetjax.data.classes import get_scheme
@@ -69,7 +69,7 @@ def tiny_config(mode="supervised"):
 
 def tiny_variables(config, seed=0):
     jets = toy_jets(batch=2, slots=TINY_SLOTS, lengths=(16, 4))
-    init = jax.jit(train.build_model(config).encoder.init)
+    init = jax.jit(build.build_model(config).encoder.init)
     return perturbed(init(jax.random.key(seed), jets["features"], jets["vectors"], jets["mask"]), seed)
 
 
@@ -176,7 +176,7 @@ def tiny(tmp_path_factory):
     run = write_run(tmp_path_factory.mktemp("tiny") / "run", config, variables)
     jets = concatenate(massive_jets((16, 9, 1), TINY_SLOTS), jetclass2_jets(TINY_SLOTS))
     assert (jets[2][3:].sum(1) == TINY_SLOTS).mean() > 0.9
-    model = train.build_model(config).encoder   # the run's ParT, its compute dtype resolved
+    model = build.build_model(config).encoder   # the run's ParT, its compute dtype resolved
     return run, variables, jets, {jit: jetjax_outputs(model, variables, jets, jit) for jit in (False, True)}
 
 
@@ -280,7 +280,7 @@ def test_pretraining_run_exports_its_representation(tmp_path):
         export.export(run, "stablehlo", tmp_path / "scores.stablehlo")
     path = exported(run, "stablehlo", tmp_path / "z.stablehlo", outputs=("z",))
     jets = massive_jets((16, 5), TINY_SLOTS)
-    z = jax.jit(train.build_model(config).encoder.apply)(variables, *jets)["z"]
+    z = jax.jit(build.build_model(config).encoder.apply)(variables, *jets)["z"]
     np.testing.assert_allclose(export.load_stablehlo(path)(*jets)[0], z, atol=TOL)
 
 

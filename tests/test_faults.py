@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from configs import quickstart
-from jetjax import checks, train
+from jetjax import build, checks
 from jetjax.checkpoint import Checkpoints
 from tests.test_train import ROOT, TINY_OVERRIDES
 
@@ -111,14 +111,14 @@ def test_every_count_names_its_own_key(key, offset):
     section, name = key.split(".")
     config[section][name] = minimum - offset
     with pytest.raises(ValueError, match=f"config.{key}={minimum - offset}: give a whole number >= {minimum}"):
-        train.build_model(config)
+        build.build_model(config)
 
 
 def test_an_epoch_smaller_than_a_batch_names_both_keys():
     config = quickstart.get_config()
     config.data.epoch_size = 64
     with pytest.raises(ValueError, match="config.data.epoch_size=64 is smaller than config.train.batch_size=128"):
-        train.build_model(config)
+        build.build_model(config)
 
 
 def test_keys_the_state_does_not_depend_on_may_change(tmp_path):

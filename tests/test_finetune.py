@@ -9,7 +9,8 @@ import pytest
 from conftest import toy_jets
 
 from configs import quickstart
-from jetjax import finetune, objectives, optim, train
+from jetjax import build, finetune, objectives, optim
+from jetjax.steps import init_state, make_train_step
 from jetjax.models.layout import plan_layout
 from jetjax.models.part import ParT
 
@@ -31,17 +32,17 @@ def flat(tree):
 
 def train_a_few_steps(c, steps=2):
     """(state before, state after) of `steps` engine train steps of the run `c`, one encoder leaf set to -0.0."""
-    model = train.build_model(c)
+    model = build.build_model(c)
     tx = optim.make_optimizer(100, **{**c.optimizer, "learning_rate": 1e-2},
                               **finetune.optimizer_settings(c, c.model.num_layers))
     batch = toy_jets(batch=8, slots=16, lengths=None, num_classes=3)
-    state = train.init_state(model, tx, batch, jax.random.key(0))
+    state = init_state(model, tx, batch, jax.random.key(0))
     bias = state.params["encoder"]["embed"]["dense_0"]["bias"]
     state = state.replace(params={**state.params, "encoder": {**state.params["encoder"], "embed": {
         **state.params["encoder"]["embed"], "dense_0": {**state.params["encoder"]["embed"]["dense_0"],
                                                          "bias": bias.at[0].set(-0.0)}}}})
     before = jax.device_get((state.params, state.batch_stats))
-    step = train.make_train_step(model, tx)
+    step = make_train_step(model, tx)
     for _ in range(steps):
         state, metrics = step(state, batch, None)
     assert np.isfinite(float(metrics["loss"]))
@@ -139,11 +140,11 @@ def test_head_learning_rate_acts_on_the_heads_only():
 
 def test_settings_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.method"):
-        train.build_model(config("lora"))
+        build.build_model(config("lora"))
     supervised = config("adapter")
     supervised.mode = "supervised"
     with pytest.raises(ValueError, match="applies to mode 'finetune'"):
-        train.build_model(supervised)
+        build.build_model(supervised)
     with pytest.raises(ValueError, match="unfreeze_blocks=3"):
-        train.build_model(config("last_k", unfreeze_blocks=3))
-    assert isinstance(train.build_model(config("last_k")), objectives.Supervised)
+        build.build_model(config("last_k", unfreeze_blocks=3))
+    assert isinstance(build.build_model(config("last_k")), objectives.Supervised)

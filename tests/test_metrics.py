@@ -46,7 +46,7 @@ INPUTS = [random_probabilities, tied_probabilities, rounded_probabilities]
 def test_metrics_equal_sklearn(make):
     scores, labels = make()
     onehot = np.eye(scores.shape[1])[labels]
-    assert metrics.micro_roc_auc(scores, labels) == pytest.approx(
+    assert metrics.evaluate(scores, labels, NAMES)["micro_auc"] == pytest.approx(
         skm.roc_auc_score(onehot, scores, average="micro"), abs=1e-12)
     assert metrics.macro_roc_auc(scores, labels, NAMES) == pytest.approx(
         skm.roc_auc_score(onehot, scores, average="macro"), abs=1e-12)

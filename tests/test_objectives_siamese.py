@@ -10,7 +10,8 @@ import pytest
 
 from configs import study as study_config
 from conftest import toy_jets
-from jetjax import knn_validation, metrics, objectives, study, train
+from jetjax import checkpoint, knn_validation, metrics, objectives, steps, study, train
+from jetjax.build import build_model, data_settings
 from jetjax.checkpoint import Checkpoints
 from jetjax.models.part import ParT
 from test_train import tiny_config
@@ -33,8 +34,8 @@ def build(name):
 def engine(name, learning_rate=3e-3):
     """(model, its initial state, the engine's jitted train step) on toy jets of 16 slots."""
     model, tx = build(name), optax.adam(learning_rate)
-    state = train.init_state(model, tx, toy_jets(0, batch=BATCH, slots=16, lengths=None), jax.random.key(0))
-    return model, state, train.make_train_step(model, tx)
+    state = steps.init_state(model, tx, toy_jets(0, batch=BATCH, slots=16, lengths=None), jax.random.key(0))
+    return model, state, steps.make_train_step(model, tx)
 
 
 def train_steps(state, step, seeds):
@@ -107,11 +108,11 @@ def test_pretraining_validation_records_the_knn_probe_of_the_encoder(tmp_path):
     validation = [r for r in records if r["split"] == "val"]
     assert len(validation) == 1 and {"knn_accuracy", "knn_macro_auc", "representation_std"} <= set(validation[0])
     # the same numbers from the saved encoder alone on the probe's samples (all P slots, no packing)
-    state = train.best_checkpoint(tmp_path, "run")
-    encoder = train.build_model(config).encoder
+    state = checkpoint.best_checkpoint(tmp_path, "run")
+    encoder = build_model(config).encoder
     variables = {"params": state["params"]["encoder"], "batch_stats": state["batch_stats"]["encoder"]}
     embed = jax.jit(lambda b: encoder.apply(variables, b["features"], b["vectors"], b["mask"])["z"])
-    samples = knn_validation.probe_samples(config, train.data_settings(config, tmp_path), 64)
+    samples = knn_validation.probe_samples(config, data_settings(config, tmp_path), 64)
     (z_train, y_train), (z_val, y_val) = (
         (np.concatenate([embed(b) for b in s]), np.concatenate([b["label"] for b in s])) for s in samples)
     _, expected = metrics.knn_probe(z_train, y_train, z_val, y_val, k=5, num_classes=7)

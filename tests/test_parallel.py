@@ -20,7 +20,8 @@ SCRIPT = textwrap.dedent("""
     sys.path.insert(0, "tests")
     from conftest import toy_jets
     import optax
-    from jetjax import feeding, objectives, parallel, train
+    from configs import defaults
+    from jetjax import feeding, objectives, parallel, steps
     from jetjax.models.part import ParT
 
     assert jax.device_count() == 2, jax.devices()
@@ -35,7 +36,7 @@ SCRIPT = textwrap.dedent("""
         tx = optax.sgd(0.05)
         batches = [{k: np.asarray(v) for k, v in toy_jets(s, batch=8, slots=16, lengths=None).items()}
                    for s in range(3)]
-        step = train.make_train_step(model, tx)
+        step = steps.make_train_step(model, tx)
         runs = {}
         # supervised: every (devices, layout) pair; supcon: the reference and the farthest from it (compiles cost)
         cases = [(m, p) for m in ("1", "2") for p in (False, True)]
@@ -43,10 +44,10 @@ SCRIPT = textwrap.dedent("""
             cases = [("1", False), ("2", True)]
         for mesh_name, packed in cases:
             mesh = one_device if mesh_name == "1" else parallel.data_mesh()
-            layout = ml_collections.ConfigDict({**feeding.LAYOUT_DEFAULTS, "mode": "packed" if packed else "dense",
+            layout = ml_collections.ConfigDict({**defaults.new_section("layout"), "mode": "packed" if packed else "dense",
                                                 "groups": 2, "slot_multiple": 4})
             feeder = feeding.Feeder(model, mesh, 16, layout)
-            state = parallel.replicate(train.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
+            state = parallel.replicate(steps.init_state(model, tx, batches[0], jax.random.key(0)), mesh)
             losses, plans = [], []
             for device_batch, plan, _ in feeder(batches):
                 state, metrics = step(state, device_batch, plan)

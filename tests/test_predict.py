@@ -11,7 +11,7 @@ import uproot
 
 from configs import predict as predict_config
 from configs import quickstart
-from jetjax import predict, train
+from jetjax import build, evaluation, predict, steps
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import synthetic
 from jetjax.data.classes import JETCLASS2_7
@@ -32,14 +32,14 @@ def run(tmp_path_factory):
     workdir = root / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(c.to_json_best_effort())
-    model = train.build_model(c)
-    state = train.init_state(model, optax.sgd(0.1), train.example_batch(c, 8), jax.random.key(3))
+    model = build.build_model(c)
+    state = steps.init_state(model, optax.sgd(0.1), build.example_batch(c, 8), jax.random.key(3))
     checkpoints = Checkpoints(workdir)
     checkpoints.save("best", 0, state, {"epoch": 0})
     checkpoints.wait()
     checkpoints.close()
     c.evaluate.embeddings = 10_000
-    train.evaluate(c, workdir)
+    evaluation.evaluate(c, workdir)
     return workdir
 
 

@@ -5,7 +5,7 @@ reference rung is the ParT of the JetClass paper, and the ladder climbs to ~200M
 import pytest
 
 from configs import base
-from jetjax import train
+from jetjax import build
 from jetjax.models import sizes
 
 
@@ -26,7 +26,7 @@ def weaver_parameters(settings, channels):
 
 
 def test_ladder_parameter_counts_match_weaver_and_reach_200m():
-    channels = train.example_batch(base.get_config(), 1)["features"].shape[-1]
+    channels = build.example_batch(base.get_config(), 1)["features"].shape[-1]
     counts = {name: jetjax_parameters(name, channels) for name in sizes.SIZES}
     for name, settings in sizes.SIZES.items():
         assert counts[name] == weaver_parameters(settings, channels), name

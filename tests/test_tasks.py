@@ -9,7 +9,7 @@ import pytest
 import uproot
 
 from configs import base
-from jetjax import train
+from jetjax import build
 from jetjax.data import classes, pipeline, synthetic
 from jetjax.data.chunks import MissingColumnError
 
@@ -43,8 +43,8 @@ def jetclass2_7_as_config():
 
 
 def streams(c, tmp_path):
-    """Training, validation and test batches of the data config `c` (train.data_settings, the engine's path)."""
-    data = train.data_settings(c, tmp_path)
+    """Training, validation and test batches of the data config `c` (build.data_settings, the engine's path)."""
+    data = build.data_settings(c, tmp_path)
     return (list(pipeline.training_sampler(**data, batch_size=32, epoch_size=96, seed=5).batches(1)),
             list(pipeline.validation_batches(**data, num_jets=64, batch_size=32, seed=6)),
             list(pipeline.test_batches(**data, batch_size=50)))
@@ -69,7 +69,7 @@ def test_config_task_equal_to_jetclass2_7_gives_the_same_batches(dataset, tmp_pa
 def test_task_from_any_file_with_merged_labels(dataset, tmp_path):
     c = config_for(dataset, classes=("resonance", "qcd"), labels=((0, 3, 70, 127), classes.JETCLASS2_QCD_LABELS),
                    fractions=(0.25, 0.75))
-    data = train.data_settings(c, tmp_path)
+    data = build.data_settings(c, tmp_path)
     batches = list(pipeline.training_sampler(**data, batch_size=40, epoch_size=400, seed=1).batches(0))
     labels = np.concatenate([b["label"] for b in batches])
     assert np.bincount(labels).tolist() == [100, 300]
@@ -118,16 +118,16 @@ def test_four_vectors_only(dataset, tmp_path):
     c = config_for(tmp_path / "minimal")
     c.data.num_particles = 128
     with pytest.raises(MissingColumnError) as error:
-        list(pipeline.test_batches(**train.data_settings(c, tmp_path), batch_size=50))
+        list(pipeline.test_batches(**build.data_settings(c, tmp_path), batch_size=50))
     message = str(error.value)
     assert "'part_charge' (config.data.columns.part_charge)" in message and "minimal/test" in message
     assert "'kin' with config.data.columns.part_charge=''" in message
     c.data.columns.update({n: "" for n in ("part_charge", "part_isPhoton", "part_isElectron", "part_isMuon",
                                            "jet_pt", "jet_eta", "jet_phi", "jet_energy")})
-    mine = list(pipeline.test_batches(**train.data_settings(c, tmp_path), batch_size=50))
+    mine = list(pipeline.test_batches(**build.data_settings(c, tmp_path), batch_size=50))
     reference = config_for(dataset)
     reference.data.num_particles = 128
-    full = list(pipeline.test_batches(**train.data_settings(reference, tmp_path), batch_size=50))
+    full = list(pipeline.test_batches(**build.data_settings(reference, tmp_path), batch_size=50))
     assert len(mine) == len(full)
     for a, b in zip(mine, full):
         for k in ("features", "vectors", "mask", "label", "jet"):
@@ -141,7 +141,7 @@ def test_missing_column_names_the_file_key_and_a_working_feature_set(dataset, tm
     c.data.columns.part_d0val = "d0"
     with pytest.raises(MissingColumnError, match=r"test/QCD_0002.parquet: missing column\(s\) 'd0' "
                        r"\(config.data.columns.part_d0val\).*feature_set = 'kin' or 'kinpid'$"):
-        list(pipeline.test_batches(**train.data_settings(c, tmp_path), batch_size=50))
+        list(pipeline.test_batches(**build.data_settings(c, tmp_path), batch_size=50))
 
 
 def test_task_and_column_errors_name_the_key(dataset, tmp_path):
@@ -160,9 +160,9 @@ def test_task_and_column_errors_name_the_key(dataset, tmp_path):
     c = config_for(dataset)
     c.data.columns.jet_pt = ""
     with pytest.raises(ValueError, match="all four jet columns"):
-        train.data_settings(c, tmp_path)
+        build.data_settings(c, tmp_path)
     c = config_for(dataset)
     c.data.columns.part_charge = ""
     c.data.feature_set = "kinpid"
     with pytest.raises(ValueError, match=r"\['part_charge'\] to ''"):
-        train.data_settings(c, tmp_path)
+        build.data_settings(c, tmp_path)

@@ -18,7 +18,8 @@ from sklearn.cluster import KMeans
 
 from configs import mpm_kmeans, mpm_vq, study_quickstart, vqvae
 from conftest import adam_steps, toy_jets
-from jetjax import objectives, study, tokenizers, train, vq
+from jetjax import checkpoint, objectives, study, tokenizers, train, vq
+from jetjax.build import build_model, example_batch
 from jetjax.objectives import tokens as objectives_tokens
 from jetjax.data import synthetic
 from jetjax.models.part import ParT
@@ -134,7 +135,7 @@ def test_a_tokenizer_trained_by_the_engine_gives_the_tokens_of_its_best_checkpoi
     assert "programs jit(train_step)" not in logged[-1]  # none compiled in the loop
 
     targets, num_tokens = objectives_tokens.VQVAETokens(str(tmp_path / "tokenizer"), "kin").load(None, None, 0)
-    best = train.best_checkpoint(tmp_path / "tokenizer", "test")
+    best = checkpoint.best_checkpoint(tmp_path / "tokenizer", "test")
     model = build("vqvae", **TOKENIZER)
     variables = jax.tree.map(jnp.asarray, {k: best[k] for k in ("params", "batch_stats")})
     batch = toy_jets(0, batch=4, slots=16, lengths=(16, 12, 7, 4))
@@ -200,9 +201,9 @@ def test_mpm_with_tokens_trains():
 
 
 def test_token_targets_are_resolved_before_use():
-    model = train.build_model(mpm_kmeans.get_config("pretrain"))
+    model = build_model(mpm_kmeans.get_config("pretrain"))
     with pytest.raises(RuntimeError, match="objectives.prepare"):
-        model.init(jax.random.key(0), train.example_batch(mpm_kmeans.get_config(), 2), jax.random.key(1))
+        model.init(jax.random.key(0), example_batch(mpm_kmeans.get_config(), 2), jax.random.key(1))
     with pytest.raises(ValueError, match="objective.tokenizer_run"):
         build("mpm_vq")
 
@@ -231,5 +232,5 @@ def test_the_study_trains_the_tokenizer_before_mpm_with_vq_tokens(tmp_path):
     assert configs["mpm_vq_finetune"][0] == "MPM (VQ-VAE tokens)"
     assert configs["mpm_kmeans_finetune"][0] == "MPM (K-means)"
     for _, c in configs.values():
-        train.build_model(c)  # the study's own check before any work: no stage needs its tokenizer yet
+        build_model(c)  # the study's own check before any work: no stage needs its tokenizer yet
     assert json.loads(tokenizer.to_json())["data"] == json.loads(config.to_json())["data"]

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from configs import quickstart
-from jetjax import train
+from jetjax import build, steps, train
 from jetjax.checkpoint import Checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,10 +92,10 @@ def test_interrupted_run_resumes_bit_identically(tmp_path):
 
 def test_seed_decides_initialisation():
     config = tiny_config()
-    model = train.build_model(config)
-    batch = train.example_batch(config, 8)
+    model = build.build_model(config)
+    batch = build.example_batch(config, 8)
     tx = optax.sgd(0.1)
-    same = [train.init_state(model, tx, batch, jax.random.key(s)).params for s in (0, 0, 1)]
+    same = [steps.init_state(model, tx, batch, jax.random.key(s)).params for s in (0, 0, 1)]
     for x, y, z in zip(*(jax.tree.leaves(p) for p in same)):
         np.testing.assert_array_equal(x, y)
     assert any(not np.array_equal(x, z) for x, z in zip(jax.tree.leaves(same[0]), jax.tree.leaves(same[2])))
@@ -115,9 +115,9 @@ def encoder_without_head(params):
 def test_finetune_starts_from_the_pretrained_encoder(pretrained, tmp_path):
     config = tiny_config("finetune")
     config.train.init_from = str(pretrained)
-    model = train.build_model(config)
-    state = train.init_state(model, optax.sgd(0.1), train.example_batch(config, 8), jax.random.key(0))
-    loaded = train.load_encoder(state, str(pretrained))
+    model = build.build_model(config)
+    state = steps.init_state(model, optax.sgd(0.1), build.example_batch(config, 8), jax.random.key(0))
+    loaded = build.load_encoder(state, str(pretrained))
     source = leaves(pretrained, "best")
     for x, y in zip(jax.tree.leaves(encoder_without_head(loaded.params)),
                     jax.tree.leaves(encoder_without_head(source["params"]))):
@@ -156,10 +156,10 @@ def test_probe_matches_logistic_regression_on_the_frozen_embeddings(pretrained, 
     assert (tmp_path / "evaluation" / "metrics.json").exists()
 
     # scikit-learn on the same jets, embedded independently of the probe's feeder, standardised features
-    data = train.data_settings(config, tmp_path)
+    data = build.data_settings(config, tmp_path)
     train_jets = pipeline.training_sampler(**data, batch_size=64, label_budget=300, label_seed=config.seed)
     val_jets = pipeline.validation_batches(**data, num_jets=config.data.val_size, batch_size=64, seed=config.seed + 1)
-    encoder = train.build_model(config).encoder
+    encoder = build.build_model(config).encoder
     variables = {"params": probed["params"]["encoder"], "batch_stats": probed["batch_stats"]["encoder"]}
     (x, y), (xv, yv) = (embeddings(encoder, variables, b) for b in (train_jets.each_jet_once(), val_jets))
     assert len(y) == 300
@@ -215,6 +215,6 @@ def test_diverging_run_stops_with_a_clear_error(tmp_path):
 
 def test_unknown_mode_and_objective_fail_naming_the_key():
     with pytest.raises(ValueError, match="config.mode"):
-        train.build_model(tiny_config("distill"))
+        build.build_model(tiny_config("distill"))
     with pytest.raises(ValueError, match="objective.name"):
-        train.build_model(tiny_config("pretrain", name="supervised"))
+        build.build_model(tiny_config("pretrain", name="supervised"))

@@ -8,13 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from configs.defaults import COLUMNS
+
 PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
 JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
 LABEL_COLUMN = "jet_label"
-_PARTICLE_COLUMNS = PARTICLE_VECTOR_COLUMNS + ("part_charge", "part_isChargedHadron", "part_isNeutralHadron",
-                                               "part_isPhoton", "part_isElectron", "part_isMuon", "part_d0val",
-                                               "part_d0err", "part_dzval", "part_dzerr")
-CONFIG_COLUMNS = _PARTICLE_COLUMNS + JET_COLUMNS + (LABEL_COLUMN,)
+CONFIG_COLUMNS = COLUMNS
 """Every column a data config can map (config.data.columns): canonical name -> the files' name."""
 ROOT_TREE = "tree"
 

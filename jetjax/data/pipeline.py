@@ -1,8 +1,8 @@
-"""Config-facing data entry points, background prefetching and host -> device placement.
+"""Config-facing data entry points and background prefetching (placement on the devices: jetjax/feeding.py).
 
     sampler = training_sampler(root, feature_set="kinpid", batch_size=512, epoch_size=2_000_000, seed=0)
     for batch in prefetch(sampler.batches(epoch, start_batch)):
-        batch = to_device(batch, NamedSharding(mesh, P("data")))
+        ...  # numpy arrays: features (B, P, C), vectors (B, P, 4), mask (B, P), label (B,), pid (B, P), jet (B, 4)
 
 Every entry point takes plain values (ml_collections-friendly): `root` (dataset folder) or `files`
 (explicit paths / globs of the split, overriding discovery), `scheme` (classes.SCHEMES key), `feature_set`
@@ -25,6 +25,7 @@ import numpy as np
 from jetjax.data.chunks import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, ROOT_TREE, ColumnMap,
                                 DataError, DataReport)
 from jetjax.data.classes import get_scheme
+from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
 from jetjax.data.labelled import LabelledSampler, select_labelled
 from jetjax.data.readers import discover_files
 from jetjax.data.sampler import StratifiedSampler, natural_batches
@@ -113,8 +114,6 @@ def with_overrides(data, overrides):
 def column_map(data):
     """The chunks.ColumnMap of a data config (`data.columns`, `data.tree`), checked against its feature set:
     errors name the config key."""
-    from jetjax.data.features import KIN_TARGET_ONLY_COLUMNS, required_particle_columns
-
     columns = dict(data.get("columns", {}))
     unknown = sorted(set(columns) - set(CONFIG_COLUMNS))
     if unknown:
@@ -201,14 +200,6 @@ def prefetch(batches, size=2):
                 ready.get(timeout=0.1)
             except queue.Empty:
                 pass
-
-
-def to_device(batch, sharding):
-    """Place a host batch on the devices of `sharding` (e.g. NamedSharding(mesh, P('data'))); on several
-    hosts each passes its own local part of the global batch."""
-    import jax
-
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
 def skim(root, out, scheme="jetclass2_7", splits=("train", "val", "test"), skip_bad_files=False, report=None,

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jetjax.models.part import ParT
+
 
 def load_state_dict(path, prefix=""):
     """Read a state_dict from an .npz (keys starting with `prefix`, prefix removed) or a torch checkpoint."""
@@ -185,8 +187,6 @@ def matching_part(variables, **settings):
     """The jetjax ParT that `variables` (convert_state_dict's result) belong to: widths, layer and head counts,
     FFN ratio and classes read from their shapes, weaver's FFN (GELU) and linear head; `settings` set the
     other ParT fields (e.g. dtype)."""
-    from jetjax.models.part import ParT
-
     params = variables["params"]
     embed, pair = params["embed"], params.get("pair_embed", {})
     blocks = [params[k] for k in params if k.startswith("blocks_")]

@@ -1,0 +1,99 @@
+"""The compiled core shared by every objective: the training state and the jit-compiled steps.
+
+The state is one pytree (params, batch_stats, opt_state, step, key, extra); a train step is a pure function
+state, batch, plan -> state, metrics, compiled once per layout plan with the state's buffers donated. Under a
+data mesh the batch arrives sharded along 'data' and the state replicated, so the same code runs on one device
+or many. The run around these steps (epoch loop, validation, checkpoints): jetjax/train.py.
+"""
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    step: jax.Array
+    key: jax.Array
+    extra: Any = flax.struct.field(default_factory=dict)
+    """The objective's other variable collections, which it updates itself in each training step (neither
+    trained by the optimizer nor BatchNorm statistics): e.g. MoCo's momentum encoder and queue."""
+
+
+def init_state(model, tx, batch, key):
+    """A fresh state: the model initialised on `batch` (any batch of the right shapes) with `key`. Compiled
+    as one program: op by op, flax's init compiles hundreds of small programs (seconds on CPU)."""
+
+    @jax.jit
+    def init(batch, key):
+        init_key, model_key, state_key = jax.random.split(key, 3)
+        variables = model.init(init_key, batch, model_key)
+        params = variables["params"]
+        extra = {k: v for k, v in variables.items() if k not in ("params", "batch_stats")}
+        return TrainState(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                          step=jnp.zeros((), jnp.int32), key=state_key, extra=extra)
+
+    return init(batch, key)
+
+
+def step_keys(state):
+    """Independent keys for this step's views (augmentation/masking) and dropout: fold_in(key, step)."""
+    view_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, state.step))
+    return view_key, dropout_key
+
+
+def make_train_step(model, tx):
+    """state, batch, plan -> new state, metrics (loss, the objective's metrics, gradient norm). `plan` is the
+    batch's static layout (models/layout.py; None = every slot): one compiled program per plan."""
+
+    def train_step(state, batch, plan):
+        view_key, dropout_key = step_keys(state)
+
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats, **state.extra}
+            (loss, metrics, _), new = model.apply(variables, batch, view_key, step=state.step, train=True, plan=plan,
+                                                  rngs={"dropout": dropout_key}, mutable=["batch_stats", *state.extra])
+            return loss, (metrics, new)
+
+        (loss, (metrics, new)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        state = state.replace(params=optax.apply_updates(state.params, updates), batch_stats=new.get("batch_stats", {}),
+                              opt_state=opt_state, step=state.step + 1, extra={k: new[k] for k in state.extra})
+        return state, {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+    return jax.jit(train_step, donate_argnums=0, static_argnums=2)
+
+
+def make_eval_step(model):
+    """state, batch, plan -> metrics, outputs (eval mode: running statistics, no dropout; views from a key
+    fixed per step so validation is reproducible)."""
+
+    def eval_step(state, batch, plan):
+        view_key, _ = step_keys(state)
+        variables = {"params": state.params, "batch_stats": state.batch_stats, **state.extra}
+        loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False, plan=plan)
+        return {**metrics, "loss": loss}, outputs
+
+    return jax.jit(eval_step, static_argnums=2)
+
+
+def run_steps(state, train_step, feeder, batches):
+    """The train step dispatched on every batch of `batches`, fed by `feeder`: yields (state, metrics) as soon
+    as each step is queued; the host waits for a step only where the devices need it (Feeder.sync_each_step)."""
+    for device_batch, plan, _ in feeder(batches):
+        state, metrics = train_step(state, device_batch, plan)
+        if feeder.sync_each_step:  # CPU collectives of queued steps can deadlock (docs/jax_notes.md)
+            jax.block_until_ready(metrics)
+        yield state, metrics
+
+
+def accumulated(tx, steps):
+    """`tx` updating once every `steps` calls with the mean of their gradients (in between, the parameters do
+    not move); `tx` itself for 1. BatchNorm still normalises each micro batch with its own statistics and
+    updates its running statistics once per micro batch."""
+    return tx if steps == 1 else optax.MultiSteps(tx, every_k_schedule=steps).gradient_transformation()
