@@ -1,5 +1,5 @@
 """The scaling study (jetjax.scaling) on jets simulated locally with Pythia 8 + FastJet: masked particle
-modeling pretrained 50 epochs at five encoder sizes from 0.06M to 46M parameters (jetjax/models/sizes.py:
+modeling pretrained 50 epochs at five encoder sizes from 0.06M to 46M parameters (configs/sizes.py:
 micro, mini, part = the reference ParT, s, m), then a frozen backbone + adapter classifier (seed 003's reuse)
 fine-tuned 20 epochs on each encoder. <workdir>/report holds scaling.md/.csv/.json and scaling.png (validation
 loss against parameters, log-log, with the fitted power law; fine-tuned test macro AUC per size).
@@ -22,7 +22,7 @@ def add_scaling(c, sizes=("micro", "mini", "part", "s", "m"), objective="mpm"):
     c.mode = "scaling"
     c.finetune.method = "adapter"
     c.scaling = ml_collections.ConfigDict(dict(
-        sizes=sizes,                                            # jetjax/models/sizes.py, smallest first
+        sizes=sizes,                                            # configs/sizes.py, smallest first
         objective=ml_collections.ConfigDict(dict(name=objective, **pretraining.OBJECTIVES[objective])),
         pretrain_epochs=pretraining.PRETRAIN_EPOCHS,
         finetune_epochs=pretraining.FINETUNE_EPOCHS,            # 0: pretraining and the power law only

@@ -30,10 +30,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from configs import supervised_part
+from configs import sizes, supervised_part
 from jetjax import build, compilation, feeding, memory, optim, parallel, steps
 from jetjax.data import pipeline, synthetic
-from jetjax.models import sizes
 
 
 def jets_folder(args):
@@ -89,7 +88,7 @@ class Jetjax:
 
 class Weaver:
     """weaver-core's ParticleTransformer in the JetClass example configuration (for size 'part': the reference
-    ParT), of the widths and depths of `size` (jetjax/models/sizes.py)."""
+    ParT), of the widths and depths of `size` (configs/sizes.py)."""
 
     def __init__(self, size, channels, num_classes, amp, compile_model):
         import torch
@@ -186,7 +185,7 @@ def main():
     parser.add_argument("--cache", default="runs/bench_jets", help="where simulated jets are kept")
     parser.add_argument("--jets-per-class", type=int, default=700)
     parser.add_argument("--size", default="part", choices=list(sizes.SIZES),
-                        help="model size (jetjax/models/sizes.py; part: the reference ParT)")
+                        help="model size (configs/sizes.py; part: the reference ParT)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--particles", type=int, default=128)
     parser.add_argument("--train-batches", type=int, default=8)

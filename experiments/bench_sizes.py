@@ -1,4 +1,4 @@
-"""The model-size ladder (jetjax/models/sizes.py) measured: parameters, training memory per jet, training
+"""The model-size ladder (configs/sizes.py) measured: parameters, training memory per jet, training
 throughput and the recommended batch per device. One JSON line per size.
 
 - parameters: jax.eval_shape of the model's init (nothing allocated);
@@ -21,8 +21,7 @@ import jax
 import numpy as np
 
 from bench_train import realistic_batch
-from configs import base
-from jetjax.models import sizes
+from configs import base, sizes
 from jetjax import build, optim, steps
 
 

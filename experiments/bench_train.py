@@ -19,9 +19,9 @@ import time
 import jax
 import numpy as np
 
+from configs import sizes
 from jetjax import build, compilation, feeding, memory, optim, parallel, steps
 from jetjax.data.features import FEATURE_SETS
-from jetjax.models import sizes
 
 
 def realistic_batch(batch, slots, channels=7, seed=0):
@@ -91,7 +91,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="+", default=["supervised_part", "supervised_ours"],
                         help="config names in configs/ (supervised_part, supervised_ours, mpm, supcon, ...)")
-    parser.add_argument("--size", choices=list(sizes.SIZES), help="model size (jetjax/models/sizes.py) "
+    parser.add_argument("--size", choices=list(sizes.SIZES), help="model size (configs/sizes.py) "
                         "instead of the config's")
     parser.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=256)

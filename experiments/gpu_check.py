@@ -7,7 +7,7 @@ GPU time (under 8 minutes on one GPU: each stage has its own timeout) and to end
 
 Stages, each in a process of its own (the parent never starts jax, so it holds no GPU memory), logs in --out:
 1. environment: Python, jax, jaxlib, flax, optax, orbax, torch and weaver versions, jax's devices;
-2. first step (timed first, as ../shared/GPU_NOTES.md asks): the quickstart's first training step and first
+2. first step (timed first: one program took about a minute to compile on an H200): the quickstart's first training step and first
    validation step through the engine (compile included), and the XLA programs they compiled;
 3. fidelity: tests/test_part_reference.py (jetjax's ParT against the weaver reference, float32 at full
    matmul precision and bfloat16 at its tolerance);

@@ -1,4 +1,4 @@
-"""Physics augmentations as pure JAX functions of (key, batch) -> batch (PART_SPEC.md §4, study §2.1).
+"""Physics augmentations as pure JAX functions of (key, batch) -> batch (docs/formulas.md §4, study §2.1).
 
 Particles are moved in (pT, eta, phi) about the jet axis and rebuilt as four-vectors that keep each
 particle's mass; then every kinematic input feature is recomputed from the new four-vectors with the data

@@ -1,8 +1,9 @@
 """What a run compiles: the XLA programs built while a `CompileLog` is open and the seconds spent on each,
 counted from jax's monitoring events (every backend compilation, whichever thread triggers it), and JAX's
 persistent compilation cache, on by default, so that a rerun loads its programs instead of compiling them.
-On an accelerator a program can take a minute to compile, so a run whose program count grows with its data is
-a bug (../shared/GPU_NOTES.md); the engine logs these counts at start-up and with every validation record."""
+On an accelerator a program can take a minute to compile (README, "Benchmarks": the H200 measurement), so a run
+whose program count grows with its data is a bug; the engine logs these counts at start-up and with every
+validation record."""
 import collections
 from pathlib import Path
 

@@ -6,7 +6,7 @@ inputs (zero vectors, jets without real particles, batches without masked partic
 values and finite gradients: masks are applied with `where` before any reduction, and every mean
 divides by a count clamped to at least 1.
 
-Formulas: PART_SPEC.md §4.7 (NT-Xent), §5 (SupCon), §6.3 (masked particle modelling), §7.3 (CLIP-VAE).
+Formulas: docs/formulas.md §4.7 (NT-Xent), §5 (SupCon), §6.3 (masked particle modelling), §7.3 (CLIP-VAE).
 VICReg, SimSiam, MoCo's InfoNCE and masked-token MPM follow the papers and code cited in their docstrings.
 """
 import jax
@@ -54,7 +54,7 @@ def _l2_normalise(z):
 
 
 def supcon(z_views, labels=None, temperature=0.07, base_temperature=0.07):
-    """Supervised contrastive loss (Khosla et al.; PART_SPEC.md §5), mode "all".
+    """Supervised contrastive loss (Khosla et al.; docs/formulas.md §5), mode "all".
 
     z_views (B, V, d): V >= 1 views of each of B jets, L2-normalised here (a zero vector stays zero).
     labels (B,) int, or None for the self-supervised case (positives = the other views of the same
@@ -98,7 +98,7 @@ def supcon(z_views, labels=None, temperature=0.07, base_temperature=0.07):
 
 
 def nt_xent(z1, z2, temperature=0.1):
-    """NT-Xent (SimCLR / JetCLR; PART_SPEC.md §4.7) of two views z1, z2 (B, d) of the same B jets.
+    """NT-Xent (SimCLR / JetCLR; docs/formulas.md §4.7) of two views z1, z2 (B, d) of the same B jets.
 
     For each of the 2B projections a, with positive partner p(a) (the other view of its jet):
     l_a = -log[exp(s_a,p(a) / T) / sum_{b != a} exp(s_ab / T)], s = cosine similarity; mean over a.
@@ -109,7 +109,7 @@ def nt_xent(z1, z2, temperature=0.1):
 
 def masked_particle(pred, target, masked, pid_logits=None, pid_target=None, loss="l1", pid_weight=0.3,
                     label_smoothing=0.1, feature_names=None):
-    """Masked-particle-modelling loss (PART_SPEC.md §6.3): reconstruct the masked real particles.
+    """Masked-particle-modelling loss (docs/formulas.md §6.3): reconstruct the masked real particles.
 
     pred, target (B, P, F): predicted and true (standardised) features; masked (B, P) bool marks the
     masked *real* particles (padding already excluded). For each feature f, the L1 (`loss="l1"`) or
@@ -149,14 +149,14 @@ def masked_particle(pred, target, masked, pid_logits=None, pid_target=None, loss
 
 def kl_divergence(mu, logvar):
     """Per-jet KL(N(mu, exp(logvar)) || N(0, 1)) averaged over latent dimensions (the reference's
-    convention, PART_SPEC.md §7.3): -0.5 mean_c(1 + logvar - mu^2 - exp(logvar)). Shape (B,).
+    convention, docs/formulas.md §7.3): -0.5 mean_c(1 + logvar - mu^2 - exp(logvar)). Shape (B,).
     Also CLIP-VAE's anomaly score."""
     mu, logvar = _f32(mu), _f32(logvar)
     return -0.5 * jnp.mean(1.0 + logvar - mu * mu - jnp.exp(logvar), axis=-1)
 
 
 def chamfer_reconstruction(recon, target, mask, r0=0.1):
-    """Per-jet pT-weighted symmetric Chamfer distance of CLIP-VAE (PART_SPEC.md §7.3). Shape (B,).
+    """Per-jet pT-weighted symmetric Chamfer distance of CLIP-VAE (docs/formulas.md §7.3). Shape (B,).
 
     recon, target (B, P, 3) hold (10 pT/pT_jet, deta, dphi); mask (B, P) marks real particles of the
     target, and the same slots of the reconstruction are compared (the reference decodes one output
@@ -178,7 +178,7 @@ def chamfer_reconstruction(recon, target, mask, r0=0.1):
 
 
 def vae(recon, target, mask, mu, logvar, beta=0.08, clip_fraction=0.75, r0=0.1):
-    """CLIP-VAE objective (PART_SPEC.md §7.3): mean_batch(L_reco) + beta * mean_S(L_KL).
+    """CLIP-VAE objective (docs/formulas.md §7.3): mean_batch(L_reco) + beta * mean_S(L_KL).
 
     L_reco is `chamfer_reconstruction(recon, target, mask, r0)` and L_KL `kl_divergence(mu, logvar)`,
     both per jet. S holds the max(1, int(clip_fraction * B)) jets with the smallest L_reco (the

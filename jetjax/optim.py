@@ -66,7 +66,7 @@ def freeze():
 
 
 def is_muon_matrix(names, muon_embedding=False):
-    """True for the hidden 2-D matrices that Muon updates (PART_SPEC §8.4): the query/key/value/output
+    """True for the hidden 2-D matrices that Muon updates (docs/formulas.md §8.4): the query/key/value/output
     projections and feed-forward kernels (fc1, fc1_gate, fc2) of the particle and class-attention blocks and,
     with `muon_embedding`, the particle embedding's kernels after the first (128->512, 512->128)."""
     part = encoder_part(names) or ()
@@ -94,7 +94,7 @@ def muon_dimension_numbers(muon_embedding=False):
 
 def weight_decay_mask(params):
     """True only for Dense kernels (>= 2-D leaves named `kernel`): no decay on biases, LayerNorm/BatchNorm
-    parameters, head scales, residual and layer scales, the class token or tokens (PART_SPEC §2.12)."""
+    parameters, head scales, residual and layer scales, the class token or tokens (docs/formulas.md §2.12)."""
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: path_names(path)[-1:] == ("kernel",) and leaf.ndim >= 2, params)
 
@@ -103,7 +103,7 @@ def make_schedule(kind, peak_lr, total_steps, warmup_steps=0, end_factor=0.01):
     """Learning rate per update step: linear warm-up from 0 to `peak_lr` over `warmup_steps`, then
     'constant' (peak_lr) or 'cosine' (half-cosine decay from peak_lr to end_factor * peak_lr at `total_steps`,
     the warm-up included in total_steps). The default end 0.01 x peak is where ParT's flat+decay schedule ends
-    (PART_SPEC §3.3)."""
+    (docs/formulas.md §3.3)."""
     if kind not in SCHEDULES:
         raise ValueError(f"optimizer.schedule must be one of {SCHEDULES}, got {kind!r}")
     if not 0 <= warmup_steps < total_steps:
@@ -135,9 +135,9 @@ def decoupled_weight_decay(learning_rate, rate, mask):
 
 def muon_with_adamw(muon_lr, adam_lr, *, weight_decay, b1, b2, eps, momentum, nesterov, ns_steps,
                     muon_weight_decay, muon_embedding):
-    """optax.contrib.muon with the explicit ParT partition and the traps of its defaults closed (PART_SPEC
-    §8.4): the Adam branch gets its own learning rate (never Muon's), AdamW's betas and eps, and its weight
-    decay on kernels only (optax would decay every Adam leaf, biases and norms included, so it runs with
+    """optax.contrib.muon with the explicit ParT partition and the traps of its defaults closed
+    (docs/formulas.md §8.4): the Adam branch gets its own learning rate (never Muon's), AdamW's betas and eps,
+    and its weight decay on kernels only (optax would decay every Adam leaf, biases and norms included, so it runs with
     adam_weight_decay=0 and the masked decay follows it)."""
     def adam_kernels(params):
         return jax.tree.map(lambda decay, label: decay and label == "adam", weight_decay_mask(params),
@@ -160,9 +160,9 @@ def make_optimizer(total_steps, name="adamw", learning_rate=1e-4, weight_decay=0
     """The training optimizer: global-norm clipping of the trainable gradients (clip_norm=None: off), then
     AdamW or Muon, learning rates following `make_schedule(schedule, ..., total_steps, warmup_steps, end_factor)`.
 
-    adamw: optax.adamw(learning_rate, b1, b2, eps) with decoupled weight decay on kernels only (PART_SPEC
-           §2.12). Defaults: the study's lr 1e-4 and clipping 1.0, PyTorch's AdamW betas/eps and weight decay
-           0.01 (also ParT's fine-tuning recipe, §3.4).
+    adamw: optax.adamw(learning_rate, b1, b2, eps) with decoupled weight decay on kernels only
+           (docs/formulas.md §2.12). Defaults: the study's lr 1e-4 and clipping 1.0, PyTorch's AdamW betas/eps
+           and weight decay 0.01 (also ParT's fine-tuning recipe, §3.4).
     muon:  optax.contrib.muon on the blocks' hidden matrices (`is_muon_matrix`) with muon_learning_rate 0.02,
            momentum 0.95, Nesterov, 5 Newton-Schulz steps and muon_weight_decay 0 (Keller Jordan's defaults,
            §8.4; decay there is lr * wd per step); every other parameter gets exactly the adamw optimizer

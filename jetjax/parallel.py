@@ -1,6 +1,6 @@
 """Data parallelism over every device JAX sees: a 1-D mesh ('data'), batches sharded along it, state
 replicated. Gradients of a loss over the global batch are reduced by the compiler; BatchNorm statistics and
-contrastive similarities are taken over the global batch (API_NOTES.md).
+contrastive similarities are taken over the global batch (docs/jax_notes.md).
 
 Several processes (hosts): `initialize_distributed()` joins the run; every process builds the same global
 batch from the same seeded stream and places only its rows (`host_share`), so N processes compute exactly
@@ -80,7 +80,7 @@ def shard_batch(batch, mesh):
 
 def needs_step_sync(mesh):
     """Whether the host must wait for each step: several CPU devices on a small machine can deadlock in
-    XLA's CPU all-reduce when steps queue up (API_NOTES.md); everywhere else steps run asynchronously."""
+    XLA's CPU all-reduce when steps queue up (docs/jax_notes.md); everywhere else steps run asynchronously."""
     return mesh.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 

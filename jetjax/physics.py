@@ -3,7 +3,7 @@
 Vectors are channel-last arrays `(..., 4)` holding (px, py, pz, E) in GeV. Every function uses the
 namespace of its input array (numpy or jax.numpy), so the data pipeline and the model compute the
 same quantities with the same code. Epsilon clamps follow the ParT reference (weaver-core v0.4.17,
-PART_SPEC.md §2.5) so that padded (all-zero) particles give finite values.
+docs/formulas.md §2.5) so that padded (all-zero) particles give finite values.
 """
 import math
 

@@ -3,7 +3,7 @@ data and the same budget, the validation loss against the number of encoder para
 law, and the macro AUC of a classifier fine-tuned on each pretrained encoder (seed 003's question: does
 pretraining keep paying as the backbone grows?).
 
-For every size of `scaling.sizes` (names of the ladder of jetjax/models/sizes.py, smallest first) a run
+For every size of `scaling.sizes` (names of the ladder of configs/sizes.py, smallest first) a run
 `<size>_pretrain` trains `scaling.objective` for `scaling.pretrain_epochs` on every training jet without
 its label, then `<size>_finetune` trains a classifier on that encoder (`finetune.method`: 'full', or
 'adapter' for seed 003's frozen backbone + adapter) for `scaling.finetune_epochs` and is evaluated on the
@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from configs import sizes
 from jetjax import metrics, study
 from jetjax.checkpoint import stored_record
 from jetjax.data.features import FEATURE_SETS
-from jetjax.models import sizes
+from jetjax.models.sizes import encoder_parameters
 from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, pyplot, write_csv
 
 
@@ -85,7 +86,7 @@ def run(config, workdir):
     rows = []
     for size in config.scaling.sizes:
         model = {**config.model, **sizes.SIZES[size]}
-        row = {"size": size, "parameters": sizes.encoder_parameters(model, len(FEATURE_SETS[config.data.feature_set])),
+        row = {"size": size, "parameters": encoder_parameters(model, len(FEATURE_SETS[config.data.feature_set])),
                "val_loss": best_validation_loss(workdir / f"{size}_pretrain")}
         if config.scaling.finetune_epochs:
             values = metrics.read_json(workdir / f"{size}_finetune" / "evaluation" / "metrics.json")

@@ -38,7 +38,7 @@ def pipeline_batch(vectors, mask, feature_set="kin", num_particles=128, extra=No
 
 
 def direct_kin_features(vectors, mask):
-    """The kin features written out from PART_SPEC §1.2-1.4 in float64, jet = sum of the constituents,
+    """The kin features written out from docs/formulas.md §1.2-1.4 in float64, jet = sum of the constituents,
     everything scaled to jet pT = 500 GeV."""
     v = vectors.astype(np.float64) * mask[..., None]
     jet = v.sum(1)

@@ -86,7 +86,7 @@ def read_all(path, feature_set="kin", chunk_size=4096):
 
 
 def direct_kinematics(vectors, pt, eta, phi, mask):
-    """The kin channels (PART_SPEC §1.2-1.4) written out in float64 from padded (n, P, 4) px, py, pz, E and the
+    """The kin channels (docs/formulas.md §1.2-1.4) written out in float64 from padded (n, P, 4) px, py, pz, E and the
     particles' pt, eta, phi: jet = sum of the constituents, everything scaled to jet pT = 500 GeV."""
     jet = np.sum(vectors * mask[..., None], axis=1)
     jet_pt = np.hypot(jet[:, 0], jet[:, 1])

@@ -55,7 +55,7 @@ def supcon_loop(z_views, labels, temperature, base_temperature):
 
 
 def nt_xent_loop(z1, z2, temperature):
-    """PART_SPEC §4.7 literally: 2N projections, partner a +- N, denominator over b != a."""
+    """docs/formulas.md §4.7 literally: 2N projections, partner a +- N, denominator over b != a."""
     z = [unit(v) for v in np.concatenate([z1, z2])]
     n = len(z1)
     total = 0.0

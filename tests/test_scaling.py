@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from configs import scaling as scaling_config
+from configs import scaling as scaling_config, sizes
 from configs import scaling_quickstart
 from jetjax import metrics, scaling
 from jetjax.checkpoint import Checkpoints
 from jetjax.data.classes import JETCLASS2_7
-from jetjax.models import sizes
+from jetjax.models.sizes import encoder_parameters
 from tests.test_study import differences
 
 
@@ -95,7 +95,7 @@ def test_report_of_finished_runs_holds_parameters_losses_fit_and_fine_tuned_metr
     assert [r["val_loss"] for r in rows] == [losses[f"{s}_pretrain"] for s in ("micro", "mini", "part")]
     assert [r["macro_auc"] for r in rows] == [evaluated[s]["macro_auc"] for s in ("micro", "mini", "part")]
     # the encoder at the quickstart's other settings (1 class-token block); tests/test_sizes.py checks the count
-    assert [r["parameters"] for r in rows] == [sizes.encoder_parameters({**config.model, **sizes.SIZES[s]}, 7)
+    assert [r["parameters"] for r in rows] == [encoder_parameters({**config.model, **sizes.SIZES[s]}, 7)
                                                for s in ("micro", "mini", "part")]
     assert rows[0]["parameters"] < rows[1]["parameters"] < rows[2]["parameters"]
     a, alpha = scaling.fit_power_law([r["parameters"] for r in rows], [r["val_loss"] for r in rows])

@@ -1,16 +1,16 @@
-"""The model-size ladder (jetjax/models/sizes.py): encoder parameter counts from jax.eval_shape (nothing is
+"""The model-size ladder (configs/sizes.py): encoder parameter counts from jax.eval_shape (nothing is
 allocated) equal those of weaver-core's ParticleTransformer built with the same settings and no head (on
 PyTorch's meta device), the
 reference rung is the ParT of the JetClass paper, and the ladder climbs to ~200M parameters."""
 import pytest
 
-from configs import base
+from configs import base, sizes
 from jetjax import build
-from jetjax.models import sizes
+from jetjax.models.sizes import encoder_parameters
 
 
 def jetjax_parameters(name, channels):
-    return sizes.encoder_parameters(sizes.with_size(base.get_config(), name).model, channels)
+    return encoder_parameters(sizes.with_size(base.get_config(), name).model, channels)
 
 
 def weaver_parameters(settings, channels):

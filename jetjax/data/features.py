@@ -4,7 +4,7 @@ The standardised kinematic features are computed by ONE function, `particle_kine
 namespace of its input arrays: the numpy pipeline calls it on flat (jagged) particle arrays, the JAX
 augmentations call `kinematic_features` on padded (B, P, 4) arrays after moving particles.
 
-Conventions (PART_SPEC.md §1.2-1.4):
+Conventions (docs/formulas.md §1.2-1.4):
 - deta = sign(jet_eta) (eta - jet_eta) with pseudorapidities, dphi = phi - jet_phi wrapped to [-pi, pi),
   both about the axis of the `jet` four-vector; deltaR = sqrt(deta^2 + dphi^2).
 - logptrel = ln(pT / jet pT), logerel = ln(E / jet E) with the `jet` four-vector's pT and E.
@@ -42,7 +42,7 @@ KINEMATIC_CHANNELS = {len(names): tuple(names.index(k) for k in KINEMATIC_NAMES)
 """Number of channels C -> positions of the KINEMATIC_NAMES channels in that feature set."""
 
 PID_CLASSES = ("photon", "hadron-", "neutral hadron", "hadron+", "e-", "e+", "mu-", "mu+")
-"""The 8-class particle ID of masked-particle modelling (PART_SPEC §6.3), index = class."""
+"""The 8-class particle ID of masked-particle modelling (docs/formulas.md §6.3), index = class."""
 
 
 def standardise(x, name):

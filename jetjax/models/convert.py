@@ -7,7 +7,7 @@ filled, with matching shapes; otherwise a ValueError names the offending key.
 
 Layout changes: Linear/Conv1d weights (out, in[, 1]) -> Dense kernels (in, out); the packed attention
 in-projection (3E, E) -> separate query/key/value kernels; BatchNorm running_mean/var -> batch_stats
-mean/var. HeadScale (PART_SPEC §2.8): the reference scales head h's 16 output channels by c_h and lays the
+mean/var. HeadScale (docs/formulas.md §2.8): the reference scales head h's 16 output channels by c_h and lays the
 result out as channel d*H + h; jetjax scales channel k by c[k mod H] without a permutation, so the
 permutation is folded into the rows of the attention output projection here.
 

@@ -9,7 +9,7 @@ from jetjax.models.layout import DenseLayout
 
 class Classifier(nn.Module):
     """Classifier on z: 'linear' (the ParT reference) or 'mlp' (the study's 2-layer head:
-    Dense -> GELU -> Dropout -> Dense, PART_SPEC §8.3)."""
+    Dense -> GELU -> Dropout -> Dense, docs/formulas.md §8.3)."""
 
     num_classes: int
     kind: str = "linear"
@@ -51,7 +51,7 @@ class BlockMixClassifier(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Contrastive projection: Dense -> ReLU -> Dense (the JetCLR / SupCon heads, PART_SPEC §4.8, §5).
+    """Contrastive projection: Dense -> ReLU -> Dense (the JetCLR / SupCon heads, docs/formulas.md §4.8, §5).
     The loss normalises the output."""
 
     hidden: int = 128
@@ -88,7 +88,7 @@ def sinusoidal_positions(slots, width):
 
 
 class MaskedParticleDecoder(nn.Module):
-    """MPM decoder (MAE variant, PART_SPEC §6.2, §6.5).
+    """MPM decoder (MAE variant, docs/formulas.md §6.2, §6.5).
 
     Encoder tokens of visible particles are projected to the decoder width; the k-th masked particle of a
     jet (in slot order, i.e. pT order) receives the learned null token T[k], which is how the decoder knows
@@ -123,7 +123,7 @@ class MaskedParticleDecoder(nn.Module):
 
 
 class VAEHead(nn.Module):
-    """CLIP-VAE on the jet representation (PART_SPEC §7.2, §7.4): mu, log sigma^2 = Dense(z); a latent sample
+    """CLIP-VAE on the jet representation (docs/formulas.md §7.2, §7.4): mu, log sigma^2 = Dense(z); a latent sample
     (noise scaled by `noise_scale`, the KL warm-up weight) is decoded into one particle per slot.
 
     The decoder broadcasts Dense(latent) to every slot, adds a sinusoidal slot encoding, and runs ParT

@@ -1,5 +1,5 @@
 """Building blocks of the ParT encoder and of the heads: masked BatchNorm, attention with an additive
-bias, the ParT feed-forward and block, with PyTorch's default initialisations (PART_SPEC.md §2.7-2.12).
+bias, the ParT feed-forward and block, with PyTorch's default initialisations (docs/formulas.md §2.7-2.12).
 """
 import functools
 from typing import Optional
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 LN_EPS = 1e-5
 
-# PyTorch default initialisations (PART_SPEC §2.12).
+# PyTorch default initialisations (docs/formulas.md §2.12).
 torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
 torch_qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")  # Xavier over the packed (3E, E)
 

@@ -1,22 +1,22 @@
 """Particle Transformer (ParT) encoder in flax.linen.
 
 Faithful to the public PyTorch reference (weaver-core v0.4.17 `ParticleTransformer`, the model of the ParT
-paper; formulas in PART_SPEC.md §2), with channel-last inputs and zero padding:
+paper; formulas in docs/formulas.md §2), with channel-last inputs and zero padding:
 
   features (B, P, C), vectors (B, P, 4) = (px, py, pz, E), mask (B, P) bool (True = real particle).
 
 Differences from the reference, all deliberate:
 - BatchNorm statistics are taken over real particles (embedding) and real pairs (pair embedding) only
   (`MaskedBatchNorm`), so zero padding never changes a real output or a running statistic. The reference
-  wrap-pads instead (PART_SPEC §1.5). In eval mode both use the running statistics and agree exactly.
+  wrap-pads instead (docs/formulas.md §1.5). In eval mode both use the running statistics and agree exactly.
 - Padded slots of the inputs are zeroed first, so garbage there cannot leak into anything.
 - HeadScale scales output channel k of the attention by c[k mod H]; the reference scales head groups and
-  then permutes channels (PART_SPEC §2.8). The two are the same model family; `convert.py` absorbs the
+  then permutes channels (docs/formulas.md §2.8). The two are the same model family; `convert.py` absorbs the
   permutation into the output projection, so reference checkpoints load exactly.
 - Linear biases start at zero (PyTorch draws them uniformly); weights use PyTorch's default schemes.
 - The training-time SequenceTrimmer of the reference is not part of the model: shapes stay static.
 
-The study's upgrades (PART_SPEC §8) are switches: `ffn='geglu'`, `ffn_ratio`, `drop_path` (per-sample
+The study's upgrades (docs/formulas.md §8) are switches: `ffn='geglu'`, `ffn_ratio`, `drop_path` (per-sample
 stochastic depth), `layer_scale_init` (LayerScale on both residual branches; None = off), `head='mlp'`.
 """
 from typing import Optional, Sequence
