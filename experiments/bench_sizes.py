@@ -22,7 +22,8 @@ import numpy as np
 
 from bench_train import realistic_batch
 from configs import base, sizes
-from jetjax import build, optim, steps
+from jetjax import build, optim
+from jetjax.steps import init_state, make_train_step
 
 
 def size_config(name, num_particles):
@@ -40,8 +41,8 @@ def engine(c, batch_size):
     """(model, tx, train step, state shapes, example batch) of config `c`."""
     model, tx = build.build_model(c), optim.make_optimizer(1000, **c.optimizer)
     batch = build.example_batch(c, batch_size)
-    state = jax.eval_shape(lambda key: steps.init_state(model, tx, batch, key), jax.random.key(0))
-    return model, tx, steps.make_train_step(model, tx), state, batch
+    state = jax.eval_shape(lambda key: init_state(model, tx, batch, key), jax.random.key(0))
+    return model, tx, make_train_step(model, tx), state, batch
 
 
 def nbytes(tree):
@@ -62,7 +63,7 @@ def throughput(c, batch_size, steps):
     model, tx, step, _, _ = engine(c, batch_size)
     batch = realistic_batch(batch_size, c.data.num_particles, channels=build.example_batch(c, 1)["features"].shape[-1])
     batch = {**build.example_batch(c, batch_size), **batch}
-    state = steps.init_state(model, tx, batch, jax.random.key(0))
+    state = init_state(model, tx, batch, jax.random.key(0))
     state, metrics = step(state, batch, None)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
