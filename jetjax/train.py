@@ -20,7 +20,8 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from configs import defaults
-from jetjax import checks, compilation, devices, finetune, knn_validation, memory, metrics, objectives, optim, parallel
+from jetjax import (checks, compilation, devices, finetune, knn_validation, memory, metrics, objectives, optim,
+                    parallel, steps)
 from jetjax.build import CLASSIFIER_MODES, build_model, data_settings, example_batch, load_encoder, micro_batch_size
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
@@ -28,7 +29,6 @@ from jetjax.data.chunks import DataReport
 from jetjax.data.classes import task_scheme
 from jetjax.evaluation import evaluate
 from jetjax.feeding import Feeder, compile_ahead, eval_stream, layout_settings, run_eval
-from jetjax.steps import accumulated, init_state, make_eval_step, make_train_step, run_steps
 
 
 class StopRequest:
@@ -168,7 +168,7 @@ def prepare_workdir(config, workdir):
 def starting_state(config, workdir, model, tx, batch_size, checkpoints):
     """(state, record) to start from: the latest checkpoint of the workdir if there is one, else a fresh state
     (a fine-tuning run's with the pretrained encoder of train.init_from)."""
-    state = init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
+    state = steps.init_state(model, tx, example_batch(config, batch_size), jax.random.key(config.seed))
     if config.mode == "finetune":
         if not config.train.init_from:
             raise ValueError(f"mode={config.mode!r} needs train.init_from, the workdir of a pretraining run")
@@ -194,9 +194,10 @@ def assemble(config, workdir, model):
         **data, batch_size=batch_size, epoch_size=config.data.epoch_size, seed=config.seed, report=report,
         length_window=config.data.length_grouping, workers=config.data.workers,
         label_budget=defaults.value(config, "data.label_budget"), label_seed=config.seed)
-    tx = accumulated(optim.make_optimizer(config.train.epochs * sampler.batches_per_epoch // accumulate,
-                                          **config.optimizer,
-                                          **finetune.optimizer_settings(config, config.model.num_layers)), accumulate)
+    tx = steps.accumulated(optim.make_optimizer(config.train.epochs * sampler.batches_per_epoch // accumulate,
+                                                **config.optimizer,
+                                                **finetune.optimizer_settings(config, config.model.num_layers)),
+                           accumulate)
     checkpoints = Checkpoints(workdir, defaults.value(config, "train.keep_checkpoints"))
     state, record = starting_state(config, workdir, model, tx, batch_size, checkpoints)
     layout = layout_settings(config)
@@ -208,8 +209,8 @@ def assemble(config, workdir, model):
     if samples:
         knn = (knn_validation.make_embed_step(model),
                Feeder(objectives.EncoderLengths(), mesh, config.data.num_particles, layout), samples)
-    return Run(config, workdir, parallel.replicate(state, mesh), record, checkpoints, make_train_step(model, tx),
-               make_eval_step(model), feeder, eval_feeder, sampler,
+    return Run(config, workdir, parallel.replicate(state, mesh), record, checkpoints, steps.make_train_step(model, tx),
+               steps.make_eval_step(model), feeder, eval_feeder, sampler,
                functools.partial(pipeline.validation_batches, **data, num_jets=config.data.val_size,
                                  batch_size=batch_size, seed=config.seed + 1, report=validation_report),
                report, validation_report, batch_size, layout, knn=knn)
@@ -242,8 +243,8 @@ def train_epoch(run, epoch, stop):
     bar = tqdm.tqdm(total=run.steps_per_epoch * run.batch_size, initial=run.record["batch"] * run.batch_size,
                     unit="jet", unit_scale=True, desc=f"{config.mode} epoch {epoch + 1}/{config.train.epochs}",
                     disable=not parallel.is_main_process())
-    for run.state, step_metrics in run_steps(run.state, run.train_step, run.feeder,
-                                         run.sampler.batches(epoch, run.record["batch"])):
+    for run.state, step_metrics in steps.run_steps(run.state, run.train_step, run.feeder,
+                                                   run.sampler.batches(epoch, run.record["batch"])):
         step += 1
         run.record["batch"] += 1
         pending.add(step, step_metrics)

@@ -1,5 +1,6 @@
 """Every experiment config loads, passes its values to the code it names, and builds its model."""
 import importlib
+import json
 
 import jax
 import pytest
@@ -44,3 +45,30 @@ def test_misspelt_override_fails_naming_the_key(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "num_layerz" in result.stderr
     assert not (tmp_path / "data").exists()  # failed before any work
+
+
+def test_the_config_of_an_older_run_reads_what_it_ran_with():
+    """A config.json saved before the optional sections and keys existed (configs/defaults.py), and with the
+    old `layout.packed` switch, loads with the defaults of its time; a new config carries the same defaults."""
+    import ml_collections
+
+    from configs import base, defaults
+    from jetjax import feeding, finetune, probe
+
+    saved = json.loads(base.get_config().to_json())
+    for name in defaults.SECTIONS:
+        del saved[name]
+    del saved["train"]["accumulate"], saved["data"]["label_budget"], saved["model"]["pair_mass"]
+    saved["layout"] = {"packed": False, "buckets": 2}
+    config = ml_collections.ConfigDict(saved)
+    layout = feeding.layout_settings(config)
+    assert (layout.mode, layout.buckets, layout.groups) == ("dense", 2, 4)
+    assert finetune.settings(config).method == "full" and probe.probe_settings(config).max_iterations == 1000
+    assert defaults.section(config, "knn").k == 20 and defaults.section(config, "compile").cache
+    assert build.micro_batch_size(config) == config.train.batch_size
+    assert defaults.value(config, "data.label_budget") == 0
+    assert defaults.value(config, "model.pair_mass") == "reference"  # its default changed since
+    new = base.get_config()
+    assert new.model.pair_mass == "stable" and defaults.value(new, "model.pair_mass") == "stable"
+    for name in defaults.SECTIONS:
+        assert new[name].to_dict() == defaults.section(ml_collections.ConfigDict(), name).to_dict(), name
