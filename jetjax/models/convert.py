@@ -67,7 +67,8 @@ def _check_version(weaver_version):
 
 _BLOCK_STREAM_AXES = {"pre_attn_norm.weight": 0, "pre_attn_norm.bias": 0, "post_attn_norm.weight": 0,
                       "post_attn_norm.bias": 0, "pre_fc_norm.weight": 0, "pre_fc_norm.bias": 0, "w_resid": 0,
-                      "fc2.weight": 0, "fc2.bias": 0, "attn.in_proj_weight": 1, "fc1.weight": 1}
+                      "fc2.weight": 0, "fc2.bias": 0, "attn.in_proj_weight": 1, "fc1.weight": 1, "fc1_g.weight": 1,
+                      "attn.gate_proj.weight": 1}
 """The axis of each block tensor that indexes the residual stream (out_proj rows are head-major in both layouts)."""
 
 
@@ -100,11 +101,18 @@ def _dense(w, b):
     w = np.asarray(w)
     if w.ndim == 3:  # Conv1d with kernel size 1
         w = w[:, :, 0]
-    return {"kernel": w.T, "bias": np.asarray(b)}
+    return {"kernel": w.T} if b is None else {"kernel": w.T, "bias": np.asarray(b)}
+
+
+def _linear(state, name, rows=slice(None)):
+    """A Linear / Conv1d `name` (its `rows` of the output) as a Dense; weaver's ParT v3 has Linears without bias."""
+    bias = state[f"{name}.bias"][rows] if f"{name}.bias" in state else None
+    return _dense(state[f"{name}.weight"][rows], bias)
 
 
 def _norm(state, name):
-    return {"scale": state[f"{name}.weight"], "bias": state[f"{name}.bias"]}
+    """A LayerNorm (weight, bias) or RMSNorm (weight) `name`."""
+    return {"scale": state[f"{name}.weight"], **({"bias": state[f"{name}.bias"]} if f"{name}.bias" in state else {})}
 
 
 def _batch_norm(state, name):
@@ -112,20 +120,31 @@ def _batch_norm(state, name):
             {"mean": state[f"{name}.running_mean"], "var": state[f"{name}.running_var"]})
 
 
+_OPTIONAL_BLOCK_PARTS = {"attn.q_norm": ("attn", "q_norm", _norm), "attn.k_norm": ("attn", "k_norm", _norm),
+                         "attn.gate_proj": ("attn", "gate", _linear), "fc1_g": ("ffn", "fc1_gate", _linear),
+                         "post_fc_norm": ("ffn", "post_fc_norm", _norm), "post_attn_norm": ("", "post_attn_norm", _norm)}
+"""Block tensors of some ParT versions only (weaver name -> (jetjax submodule, name, converter))."""
+
+
 def _block(state, name, num_heads):
-    w_in, b_in = state[f"{name}.attn.in_proj_weight"], state[f"{name}.attn.in_proj_bias"]
+    w_in = state[f"{name}.attn.in_proj_weight"]
     embed = w_in.shape[1]
     perm = _head_scale_permutation(embed, num_heads)
-    attn = {role: _dense(w_in[i * embed:(i + 1) * embed], b_in[i * embed:(i + 1) * embed])
+    packed = {"weight": w_in, **({"bias": state[f"{name}.attn.in_proj_bias"]}
+                                 if f"{name}.attn.in_proj_bias" in state else {})}
+    attn = {role: _linear({f"in.{k}": v for k, v in packed.items()}, "in", slice(i * embed, (i + 1) * embed))
             for i, role in enumerate(("query", "key", "value"))}
-    attn["out"] = _dense(state[f"{name}.attn.out_proj.weight"][perm], state[f"{name}.attn.out_proj.bias"][perm])
-    ffn = {"fc1": _dense(state[f"{name}.fc1.weight"], state[f"{name}.fc1.bias"]),
-           "post_fc_norm": _norm(state, f"{name}.post_fc_norm"),
-           "fc2": _dense(state[f"{name}.fc2.weight"], state[f"{name}.fc2.bias"])}
-    return {"attn": attn, "head_scale": state[f"{name}.c_attn"], "resid_scale": state[f"{name}.w_resid"],
-            "pre_attn_norm": _norm(state, f"{name}.pre_attn_norm"),
-            "post_attn_norm": _norm(state, f"{name}.post_attn_norm"),
-            "pre_fc_norm": _norm(state, f"{name}.pre_fc_norm"), "ffn": ffn}
+    attn["out"] = _linear(state, f"{name}.attn.out_proj", perm)
+    ffn = {"fc1": _linear(state, f"{name}.fc1"), "fc2": _linear(state, f"{name}.fc2")}
+    block = {"attn": attn, "ffn": ffn, "pre_attn_norm": _norm(state, f"{name}.pre_attn_norm"),
+             "pre_fc_norm": _norm(state, f"{name}.pre_fc_norm")}
+    for weaver_name, (part, ours, convert) in _OPTIONAL_BLOCK_PARTS.items():
+        if f"{name}.{weaver_name}.weight" in state:
+            (block[part] if part else block)[ours] = convert(state, f"{name}.{weaver_name}")
+    for weaver_name, ours in (("c_attn", "head_scale"), ("w_resid", "resid_scale")):
+        if f"{name}.{weaver_name}" in state:
+            block[ours] = state[f"{name}.{weaver_name}"]
+    return block
 
 
 def _count(state, pattern):
@@ -151,8 +170,7 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
         def __getitem__(self, key):
             if key not in self:
                 raise ValueError(f"ParT state_dict has no tensor {key!r}: is it a weaver ParticleTransformer "
-                                 "(version 1) with pair embedding, scale_attn/fc/heads/resids on and a single-Linear "
-                                 "head?")
+                                 "with pair embedding, class blocks and a single-Linear head?")
             used.add(key)
             return dict.__getitem__(self, key)
 
@@ -161,13 +179,12 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
     params["embed"]["input_bn"], stats["embed"]["input_bn"] = _batch_norm(state, "embed.input_bn")
     for i in range(_count(state, r"embed\.embed\.(\d+)\.") // 2):  # [LayerNorm, Linear, GELU] per width
         params["embed"][f"norm_{i}"] = _norm(state, f"embed.embed.{3 * i}")
-        params["embed"][f"dense_{i}"] = _dense(state[f"embed.embed.{3 * i + 1}.weight"],
-                                               state[f"embed.embed.{3 * i + 1}.bias"])
+        params["embed"][f"dense_{i}"] = _linear(state, f"embed.embed.{3 * i + 1}")
     pe = params["pair_embed"]
     pe["input_bn"], stats["pair_embed"]["input_bn"] = _batch_norm(state, "pair_embed.embed.0")
     for i in range(_count(state, r"pair_embed\.embed\.(\d+)\.") // 2):  # after BN: [Conv1d, BN, GELU] per width
         conv, bn = f"pair_embed.embed.{3 * i + 1}", f"pair_embed.embed.{3 * i + 2}"
-        pe[f"dense_{i}"] = _dense(state[f"{conv}.weight"], state[f"{conv}.bias"])
+        pe[f"dense_{i}"] = _linear(state, conv)
         pe[f"bn_{i}"], stats["pair_embed"][f"bn_{i}"] = _batch_norm(state, bn)
     for kind in ("blocks", "cls_blocks"):
         for i in range(_count(state, rf"{kind}\.(\d+)\.")):
@@ -175,7 +192,7 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
     params["cls_token"] = state["cls_token"]
     params["norm"] = _norm(state, "norm")
     if "fc.0.weight" in state:
-        params["head"] = {"out": _dense(state["fc.0.weight"], state["fc.0.bias"])}
+        params["head"] = {"out": _linear(state, "fc.0")}
     unused = sorted(set(state) - used)
     if unused:
         raise ValueError(f"ParT state_dict tensors not understood by the converter: {unused[:5]}"
@@ -185,20 +202,37 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
 
 def matching_part(variables, **settings):
     """The jetjax ParT that `variables` (convert_state_dict's result) belong to: widths, layer and head counts,
-    FFN ratio and classes read from their shapes, weaver's FFN (GELU) and linear head; `settings` set the
-    other ParT fields (e.g. dtype)."""
+    FFN ratio and classes read from their shapes, the block options of weaver's ParT versions from the tensors
+    present (`style_of`), weaver's FFN (GELU or SwiGLU) and linear head; `settings` set the other ParT fields
+    (e.g. dtype)."""
     params = variables["params"]
-    embed, pair = params["embed"], params.get("pair_embed", {})
+    embed, pair = params["embed"], params["pair_embed"]
     blocks = [params[k] for k in params if k.startswith("blocks_")]
     cls_blocks = [k for k in params if k.startswith("cls_blocks_")]
     first = (blocks or [params[cls_blocks[0]]])[0]
     widths = [np.shape(embed[f"dense_{i}"]["kernel"])[1] for i in range(sum(k.startswith("dense_") for k in embed))]
     pair_widths = [np.shape(pair[f"dense_{i}"]["kernel"])[1] for i in range(sum(k.startswith("dense_") for k in pair))]
     hidden = np.shape(first["ffn"]["fc1"]["kernel"])[1]
+    styles = {name: style_of(params[name], pair_widths[-1]) for name in params if "blocks_" in name}
+    if any(style != styles[min(styles)] for style in styles.values()):
+        raise ValueError(f"ParT blocks with different options ({styles}): jetjax gives particle and class blocks "
+                         "the same ones (weaver: give cls_block_params the block options of block_params)")
     return ParT(num_classes=np.shape(params["head"]["out"]["kernel"])[1] if "head" in params else None,
-                embed_dims=tuple(widths), pair_embed_dims=tuple(pair_widths[:-1]), num_heads=len(first["head_scale"]),
-                num_layers=len(blocks), num_cls_layers=len(cls_blocks), ffn="gelu", ffn_ratio=hidden / widths[-1],
-                layer_scale_init=None, head="linear", **settings)
+                embed_dims=tuple(widths), pair_embed_dims=tuple(pair_widths[:-1]), num_heads=pair_widths[-1],
+                num_layers=len(blocks), num_cls_layers=len(cls_blocks),
+                ffn="swiglu" if "fc1_gate" in first["ffn"] else "gelu", ffn_ratio=hidden / widths[-1],
+                layer_scale_init=None, head="linear", **style_of(first, pair_widths[-1]), **settings)
+
+
+def style_of(block, num_heads):
+    """The ParT block options (layers.BlockStyle fields) of a converted block's parameters."""
+    attn = block["attn"]
+    gate = "none" if "gate" not in attn else (
+        "headwise" if np.shape(attn["gate"]["kernel"])[1] == num_heads else "elementwise")
+    return dict(norm="layer" if "bias" in block["pre_attn_norm"] else "rms", bias="bias" in attn["query"],
+                qk_norm="q_norm" in attn, attn_gate=gate, scale_attn="post_attn_norm" in block,
+                scale_fc="post_fc_norm" in block["ffn"], scale_heads="head_scale" in block,
+                scale_resids="resid_scale" in block)
 
 
 def check_compatible(variables, target):
@@ -214,14 +248,16 @@ def check_compatible(variables, target):
                              "checkpoint)")
 
 
-def _linear_tensors(dense, conv=False):
-    """Dense {kernel (in, out), bias} -> weaver Linear weight (out, in) (Conv1d: (out, in, 1)) and bias."""
-    weight = np.asarray(dense["kernel"]).T
-    return {"weight": weight[:, :, None] if conv else weight, "bias": np.asarray(dense["bias"])}
+def _linear_tensors(dense, conv=False, rows=slice(None)):
+    """Dense {kernel (in, out)[, bias]} -> weaver Linear weight (out, in) (Conv1d: (out, in, 1)) [and bias]; `rows`
+    of the output."""
+    weight = np.asarray(dense["kernel"]).T[rows]
+    return {"weight": weight[:, :, None] if conv else weight,
+            **({"bias": np.asarray(dense["bias"])[rows]} if "bias" in dense else {})}
 
 
 def _norm_tensors(p):
-    return {"weight": np.asarray(p["scale"]), "bias": np.asarray(p["bias"])}
+    return {"weight": np.asarray(p["scale"]), **({"bias": np.asarray(p["bias"])} if "bias" in p else {})}
 
 
 def _batch_norm_tensors(p, s):
@@ -229,21 +265,26 @@ def _batch_norm_tensors(p, s):
             "num_batches_tracked": np.zeros((), np.int64)}  # unused in eval mode and by momentum updates
 
 
-def _block_tensors(block):
+def _block_tensors(block, num_heads):
     attn = block["attn"]
-    unpermute = np.argsort(_head_scale_permutation(len(attn["out"]["bias"]), len(block["head_scale"])))
-    out = _linear_tensors(attn["out"])
+    unpermute = np.argsort(_head_scale_permutation(np.shape(attn["out"]["kernel"])[1], num_heads))
     projections = [_linear_tensors(attn[role]) for role in ("query", "key", "value")]
-    return {"c_attn": np.asarray(block["head_scale"]), "w_resid": np.asarray(block["resid_scale"]),
-            **_named("pre_attn_norm", _norm_tensors(block["pre_attn_norm"])),
-            "attn.in_proj_weight": np.concatenate([p["weight"] for p in projections]),
-            "attn.in_proj_bias": np.concatenate([p["bias"] for p in projections]),
-            "attn.out_proj.weight": out["weight"][unpermute], "attn.out_proj.bias": out["bias"][unpermute],
-            **_named("post_attn_norm", _norm_tensors(block["post_attn_norm"])),
-            **_named("pre_fc_norm", _norm_tensors(block["pre_fc_norm"])),
-            **_named("fc1", _linear_tensors(block["ffn"]["fc1"])),
-            **_named("post_fc_norm", _norm_tensors(block["ffn"]["post_fc_norm"])),
-            **_named("fc2", _linear_tensors(block["ffn"]["fc2"]))}
+    tensors = {"attn.in_proj_weight": np.concatenate([p["weight"] for p in projections]),
+               **_named("attn.out_proj", _linear_tensors(attn["out"], rows=unpermute)),
+               **_named("pre_attn_norm", _norm_tensors(block["pre_attn_norm"])),
+               **_named("pre_fc_norm", _norm_tensors(block["pre_fc_norm"])),
+               **_named("fc1", _linear_tensors(block["ffn"]["fc1"])), **_named("fc2", _linear_tensors(block["ffn"]["fc2"]))}
+    if "bias" in projections[0]:
+        tensors["attn.in_proj_bias"] = np.concatenate([p["bias"] for p in projections])
+    for weaver_name, (part, ours, _) in _OPTIONAL_BLOCK_PARTS.items():
+        source = block[part] if part else block
+        if ours in source:
+            write = _norm_tensors if "norm" in ours else _linear_tensors
+            tensors.update(_named(weaver_name, write(source[ours])))
+    for weaver_name, ours in (("c_attn", "head_scale"), ("w_resid", "resid_scale")):
+        if ours in block:
+            tensors[weaver_name] = np.asarray(block[ours])
+    return tensors
 
 
 def _named(prefix, tensors):
@@ -279,14 +320,13 @@ def to_state_dict(variables, weaver_version="0.5"):
         state.update(_named(f"pair_embed.embed.{3 * i + 1}", _linear_tensors(pair[f"dense_{i}"], conv=True)))
         state.update(_named(f"pair_embed.embed.{3 * i + 2}",
                             _batch_norm_tensors(pair[f"bn_{i}"], stats["pair_embed"][f"bn_{i}"])))
-    blocks = [name for name in params if name.startswith(("blocks_", "cls_blocks_"))]
-    for name in blocks:
+    num_heads = np.shape(pair[f"dense_{sum(k.startswith('dense_') for k in pair) - 1}"]["kernel"])[1]
+    for name in (name for name in params if name.startswith(("blocks_", "cls_blocks_"))):
         kind, i = name.rsplit("_", 1)
-        state.update(_named(f"{kind}.{i}", _block_tensors(params[name])))
+        state.update(_named(f"{kind}.{i}", _block_tensors(params[name], num_heads)))
     state.update(_named("norm", _norm_tensors(params["norm"])))
     if "head" in params:
         state.update(_named("fc.0", _linear_tensors(params["head"]["out"])))
-    num_heads = len(params[blocks[0]]["head_scale"])
     unwritten = sorted(_leaf_paths(variables) - _leaf_paths(convert_state_dict(state, num_heads)))
     if unwritten:
         raise ValueError(f"jetjax ParT variables with no tensor in weaver's reference ParticleTransformer: "

@@ -1,6 +1,8 @@
 """Building blocks of the ParT encoder and of the heads: masked BatchNorm, attention with an additive
-bias, the ParT feed-forward and block, with PyTorch's default initialisations (docs/formulas.md §2.7-2.12).
+bias, the ParT feed-forward and block, with PyTorch's default initialisations (docs/formulas.md §2.7-2.12), and
+the options of weaver-core 0.5.3's ParT versions 2 and 3 (`BlockStyle`, docs/formulas.md §8.5).
 """
+import dataclasses
 import functools
 from typing import Optional
 
@@ -9,6 +11,8 @@ import jax
 import jax.numpy as jnp
 
 LN_EPS = 1e-5
+RMS_EPS = float(jnp.finfo(jnp.float32).eps)
+"""torch.nn.RMSNorm's epsilon when none is given: the machine epsilon of its (float32) input."""
 
 # PyTorch default initialisations (docs/formulas.md §2.12).
 torch_linear_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")  # U(+-1/sqrt(fan_in))
@@ -59,8 +63,38 @@ def layer_norm(name, dtype):
     return nn.LayerNorm(epsilon=LN_EPS, dtype=dtype, name=name)
 
 
-def dense(features, name, dtype, kernel_init=torch_linear_init):
-    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, name=name)
+def norm_layer(kind, name, dtype):
+    """LayerNorm ('layer', PyTorch's epsilon 1e-5) or RMSNorm ('rms': x / sqrt(mean x^2 + eps) * scale)."""
+    return layer_norm(name, dtype) if kind == "layer" else nn.RMSNorm(epsilon=RMS_EPS, dtype=dtype, name=name)
+
+
+def dense(features, name, dtype, kernel_init=torch_linear_init, use_bias=True):
+    return nn.Dense(features, dtype=dtype, kernel_init=kernel_init, use_bias=use_bias, name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockStyle:
+    """The block options of weaver-core 0.5.3's ParticleTransformer (its `block_params` / `version`), one for
+    one: `norm` 'layer' | 'rms' (use_rmsnorm), `bias` of every Linear (use_bias), `qk_norm` (use_qk_norm: a
+    norm of each head's queries and keys), `attn_gate` 'none' | 'headwise' | 'elementwise' (a sigmoid gate of
+    the attention output from the query input), and the NormFormer scalings `scale_attn` (post_attn_norm),
+    `scale_fc` (post_fc_norm), `scale_heads` (head_scale), `scale_resids` (resid_scale). The defaults are the
+    reference ParT (version 1)."""
+
+    norm: str = "layer"
+    bias: bool = True
+    qk_norm: bool = False
+    attn_gate: str = "none"
+    scale_attn: bool = True
+    scale_fc: bool = True
+    scale_heads: bool = True
+    scale_resids: bool = True
+
+    def __post_init__(self):
+        if self.norm not in ("layer", "rms"):
+            raise ValueError(f"model.norm must be 'layer' or 'rms', got {self.norm!r}")
+        if self.attn_gate not in ("none", "headwise", "elementwise"):
+            raise ValueError(f"model.attn_gate must be 'none', 'headwise' or 'elementwise', got {self.attn_gate!r}")
 
 
 class MaskedBatchNorm(nn.Module):
@@ -124,47 +158,64 @@ class Attention(nn.Module):
     num_heads: int
     attn_dropout: float
     dtype: jnp.dtype
+    style: BlockStyle = BlockStyle()
 
     @nn.compact
     def __call__(self, x, layout, biases, train, cls=None, cls_query=None):
         embed = x.shape[-1]
         head_dim = embed // self.num_heads
-
-        projections = {name: dense(embed, name, self.dtype, torch_qkv_init) for name in ("query", "key", "value")}
+        style = self.style
+        projections = {name: dense(embed, name, self.dtype, torch_qkv_init, style.bias)
+                       for name in ("query", "key", "value")}
+        head_norms = {name: norm_layer(style.norm, f"{name[0]}_norm", self.dtype) for name in ("query", "key")}
 
         def project(y, name):
             y = projections[name](y)
-            return y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+            y = y.reshape(*y.shape[:-1], self.num_heads, head_dim)
+            return head_norms[name](y) if style.qk_norm and name in head_norms else y
 
         dropout = Dropout(self.attn_dropout)
         core = functools.partial(attention_core, dropout=lambda w: dropout(w, deterministic=not train))
         k, v = project(x, "key"), project(x, "value")
+        query = x if cls is None else cls_query
         if cls is None:
             out = layout.self_attention(core, project(x, "query") * (head_dim ** -0.5), k, v, biases)
         else:
             q = project(cls_query, "query") * (head_dim ** -0.5)
             out = layout.class_attention(core, q, project(cls, "key"), project(cls, "value"), k, v)
-        return dense(embed, "out", self.dtype)(out.reshape(*out.shape[:-2], embed))
+        if style.attn_gate != "none":
+            gates = self.num_heads if style.attn_gate == "headwise" else embed
+            gate = nn.sigmoid(dense(gates, "gate", self.dtype, use_bias=style.bias)(query))
+            out = out * gate.reshape(*out.shape[:-2], self.num_heads, -1)
+        return dense(embed, "out", self.dtype, use_bias=style.bias)(out.reshape(*out.shape[:-2], embed))
+
+
+GATED_FFNS = {"geglu": gelu, "swiglu": nn.silu}
+"""Gated feed-forwards: fc1(x) * act(fc1_gate(x)) (GEGLU: the study's "Ours"; SwiGLU: weaver's ParT v2/v3)."""
 
 
 class FeedForward(nn.Module):
-    """ParT FFN: Dense -> GELU (or GEGLU) -> dropout -> LayerNorm on the hidden layer -> Dense."""
+    """ParT FFN: Dense -> GELU (or a gated GEGLU / SwiGLU) -> dropout -> norm on the hidden layer (`style`
+    scale_fc) -> Dense."""
 
     hidden: int
     ffn: str
     activation_dropout: float
     dtype: jnp.dtype
+    style: BlockStyle = BlockStyle()
 
     @nn.compact
     def __call__(self, x, train):
-        h = dense(self.hidden, "fc1", self.dtype)(x)
-        if self.ffn == "geglu":
-            h = h * gelu(dense(self.hidden, "fc1_gate", self.dtype)(x))
+        bias = self.style.bias
+        h = dense(self.hidden, "fc1", self.dtype, use_bias=bias)(x)
+        if self.ffn in GATED_FFNS:
+            h = h * GATED_FFNS[self.ffn](dense(self.hidden, "fc1_gate", self.dtype, use_bias=bias)(x))
         else:
             h = gelu(h)
         h = Dropout(self.activation_dropout)(h, deterministic=not train)
-        h = layer_norm("post_fc_norm", self.dtype)(h)
-        return dense(x.shape[-1], "fc2", self.dtype)(h)
+        if self.style.scale_fc:
+            h = norm_layer(self.style.norm, "post_fc_norm", self.dtype)(h)
+        return dense(x.shape[-1], "fc2", self.dtype, use_bias=bias)(h)
 
 
 class Block(nn.Module):
@@ -183,6 +234,7 @@ class Block(nn.Module):
     drop_path: float
     layer_scale_init: Optional[float]
     dtype: jnp.dtype
+    style: BlockStyle = BlockStyle()
 
     def residual_branch(self, y, name, keep, train):
         """Dropout, optional LayerScale and per-jet DropPath (`keep`: 0 or 1/(1 - rate) per row) on a residual
@@ -204,27 +256,29 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, layout, biases=None, cls=None, train=False):
-        embed = x.shape[-1]
-        pre_attn_norm = layer_norm("pre_attn_norm", self.dtype)
+        embed, style = x.shape[-1], self.style
+        pre_attn_norm = norm_layer(style.norm, "pre_attn_norm", self.dtype)
         stream = x if cls is None else cls
         jets = layout.mask.shape[0]
         rows_layout = layout if cls is None else None
+        attention = Attention(self.num_heads, self.attn_dropout, self.dtype, style, name="attn")
         if cls is None:
             biases = layout.attention_bias() if biases is None else biases
-            a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
-                pre_attn_norm(x), layout, biases, train)
+            a = attention(pre_attn_norm(x), layout, biases, train)
         else:
-            a = Attention(self.num_heads, self.attn_dropout, self.dtype, name="attn")(
-                pre_attn_norm(x), layout, None, train, cls=pre_attn_norm(cls), cls_query=cls)
-        head_scale = self.param("head_scale", nn.initializers.ones, (self.num_heads,))
-        a = (a.reshape(*a.shape[:-1], -1, self.num_heads) * head_scale).reshape(a.shape)
-        a = layer_norm("post_attn_norm", self.dtype)(a)
+            a = attention(pre_attn_norm(x), layout, None, train, cls=pre_attn_norm(cls), cls_query=cls)
+        if style.scale_heads:
+            head_scale = self.param("head_scale", nn.initializers.ones, (self.num_heads,))
+            a = (a.reshape(*a.shape[:-1], -1, self.num_heads) * head_scale).reshape(a.shape)
+        if style.scale_attn:
+            a = norm_layer(style.norm, "post_attn_norm", self.dtype)(a)
         stream = stream + self.residual_branch(a, "layer_scale_attn", self.drop_path_keep(rows_layout, jets, train),
                                                train)
 
-        f = layer_norm("pre_fc_norm", self.dtype)(stream)
-        f = FeedForward(int(self.ffn_ratio * embed), self.ffn, self.activation_dropout, self.dtype,
+        f = norm_layer(style.norm, "pre_fc_norm", self.dtype)(stream)
+        f = FeedForward(int(self.ffn_ratio * embed), self.ffn, self.activation_dropout, self.dtype, style,
                         name="ffn")(f, train)
-        resid_scale = self.param("resid_scale", nn.initializers.ones, (embed,))
-        return resid_scale * stream + self.residual_branch(
-            f, "layer_scale_ffn", self.drop_path_keep(rows_layout, jets, train), train)
+        if style.scale_resids:
+            stream = self.param("resid_scale", nn.initializers.ones, (embed,)) * stream
+        return stream + self.residual_branch(f, "layer_scale_ffn", self.drop_path_keep(rows_layout, jets, train),
+                                             train)

@@ -17,7 +17,9 @@ Differences from the reference, all deliberate:
 - The training-time SequenceTrimmer of the reference is not part of the model: shapes stay static.
 
 The study's upgrades (docs/formulas.md §8) are switches: `ffn='geglu'`, `ffn_ratio`, `drop_path` (per-sample
-stochastic depth), `layer_scale_init` (LayerScale on both residual branches; None = off), `head='mlp'`.
+stochastic depth), `layer_scale_init` (LayerScale on both residual branches; None = off), `head='mlp'`. So are
+the options of weaver-core 0.5.3's ParT versions 2 and 3 (docs/formulas.md §8.5): `ffn='swiglu'`, `norm='rms'`,
+`bias`, `qk_norm`, `attn_gate`, `scale_attn`, `scale_fc`, `scale_heads`, `scale_resids` (layers.BlockStyle).
 """
 from typing import Optional, Sequence
 
@@ -27,7 +29,7 @@ import jax.numpy as jnp
 
 from jetjax import physics
 from jetjax.models.heads import Classifier
-from jetjax.models.layers import Block, MaskedBatchNorm, dense, gelu, layer_norm
+from jetjax.models.layers import GATED_FFNS, Block, BlockStyle, MaskedBatchNorm, dense, gelu, layer_norm, norm_layer
 from jetjax.models.layout import DenseLayout, LayoutPlan, PackedLayout
 
 
@@ -63,6 +65,7 @@ class PairEmbed(nn.Module):
     dims: Sequence[int]
     dtype: jnp.dtype
     pair_mass: str = "reference"
+    bias: bool = True
 
     @nn.compact
     def __call__(self, vectors, layout, train):
@@ -72,7 +75,7 @@ class PairEmbed(nn.Module):
         if train or self.is_initializing():
             x = MaskedBatchNorm(name="input_bn")(x, pair_mask, train)
             for n, width in enumerate(self.dims):
-                x = dense(width, f"dense_{n}", self.dtype)(x)
+                x = dense(width, f"dense_{n}", self.dtype, use_bias=self.bias)(x)
                 x = gelu(MaskedBatchNorm(name=f"bn_{n}")(x, pair_mask, train))
         else:
             for kernel, bias in self.folded_layers():
@@ -91,7 +94,8 @@ class PairEmbed(nn.Module):
 
         layers = []
         for n in range(len(self.dims)):
-            kernel, bias = params[f"dense_{n}"]["kernel"], params[f"dense_{n}"]["bias"]
+            kernel = params[f"dense_{n}"]["kernel"]
+            bias = params[f"dense_{n}"].get("bias", jnp.zeros(kernel.shape[1], kernel.dtype))
             if n == 0:
                 s, t = affine("input_bn")
                 kernel, bias = s[:, None] * kernel, bias + t @ kernel
@@ -135,20 +139,33 @@ class ParT(nn.Module):
     head: str = "linear"
     head_hidden: int = 256
     head_dropout: float = 0.1
+    norm: str = "layer"
+    bias: bool = True
+    qk_norm: bool = False
+    attn_gate: str = "none"
+    scale_attn: bool = True
+    scale_fc: bool = True
+    scale_heads: bool = True
+    scale_resids: bool = True
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
         if self.pair_mass not in physics.PAIR_MASSES:
             raise ValueError(f"model.pair_mass must be one of {physics.PAIR_MASSES}, got {self.pair_mass!r}")
-        if self.ffn not in ("gelu", "geglu"):
-            raise ValueError(f"model.ffn must be 'gelu' or 'geglu', got {self.ffn!r}")
+        if self.ffn not in ("gelu", *GATED_FFNS):
+            raise ValueError(f"model.ffn must be one of {('gelu', *GATED_FFNS)}, got {self.ffn!r}")
+        self.style()  # a wrong norm or attn_gate fails here
         if self.embed_dims[-1] % self.num_heads:
             raise ValueError(f"model.embed_dims[-1]={self.embed_dims[-1]} is not divisible by "
                              f"model.num_heads={self.num_heads}")
 
+    def style(self):
+        return BlockStyle(self.norm, self.bias, self.qk_norm, self.attn_gate, self.scale_attn, self.scale_fc,
+                          self.scale_heads, self.scale_resids)
+
     def block(self, name, dropouts, drop_path):
         return Block(self.num_heads, self.ffn, self.ffn_ratio, *dropouts, drop_path, self.layer_scale_init,
-                     self.dtype, name=name)
+                     self.dtype, self.style(), name=name)
 
     def first_trained_block(self, unfrozen_blocks):
         """Index of the first particle block that trains when the last `unfrozen_blocks` do (None: none frozen)."""
@@ -179,7 +196,7 @@ class ParT(nn.Module):
         self.sow("intermediates", "embedding", layout.to_dense(x))
         pair_biases = None
         if self.pair_embed_dims:
-            pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, self.pair_mass,
+            pair_biases = PairEmbed((*self.pair_embed_dims, self.num_heads), self.dtype, self.pair_mass, self.bias,
                                     name="pair_embed")(
                 layout.rows(vectors), layout, stem_train)
             if first_trained is not None:
@@ -207,7 +224,7 @@ class ParT(nn.Module):
             self.sow("intermediates", f"cls_block_{i}", t)
             if block_outputs:
                 pooled.append(t[:, 0].astype(jnp.float32))
-        z = layer_norm("norm", self.dtype)(t)[:, 0].astype(jnp.float32)
+        z = norm_layer(self.norm, "norm", self.dtype)(t)[:, 0].astype(jnp.float32)
 
         out = {"z": z, "tokens": layout.to_dense(x)}
         if block_outputs:
