@@ -44,6 +44,9 @@ def get_config():
                                        # (E^2 - |p|^2: rounding noise for massless pairs); jetjax.physics
         ffn="gelu", ffn_ratio=4.0, dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, drop_path=0.0,
         layer_scale_init=config_dict.placeholder(float), head="linear", head_hidden=256, head_dropout=0.1,
+        # weaver-core 0.5.3's ParT version options (configs/part_versions.py; docs/formulas.md §8.5)
+        norm="layer", bias=True, qk_norm=False, attn_gate="none", scale_attn=True, scale_fc=True, scale_heads=True,
+        scale_resids=True,
         dtype="auto"))                # compute dtype: auto = bfloat16 on GPU/TPU, float32 on CPU (jetjax.devices)
     c.objective = ml_collections.ConfigDict(dict(name="supervised"))
     c.optimizer = ml_collections.ConfigDict(dict(

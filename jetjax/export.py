@@ -30,7 +30,8 @@ which breaks a dynamic batch; `_named_symbolic_dims` works around that during th
 evaluates the graph op by op, as PyTorch does, and agrees with jetjax run op by op; under jit XLA fuses
 multiply-adds (FMA), which changes ln m^2 of a massless particle with itself (README, "Fidelity").
 
-weaver: `jetjax.models.convert.to_state_dict` (reference architecture only) as .pt (torch) or .npz.
+weaver: `jetjax.models.convert.to_state_dict` (weaver's architectures: the reference ParT and the options of its
+versions 2 and 3) as .pt (torch) or .npz.
 """
 import argparse
 import contextlib
@@ -204,13 +205,29 @@ PAIR_MASS_DEFINITIONS = {
               "(jetjax.physics.massless_pair_mass2)"}
 
 
+def weaver_block_options(encoder):
+    """weaver's `version` and the block options that rebuild `encoder`'s blocks (docs/formulas.md §8.5). weaver
+    ties the final norm and the pair embedding's biases to `version` alone (RMSNorm and no bias from 3 on), so
+    model.norm='rms' goes with model.bias=False and 'layer' with True."""
+    if (encoder.norm == "rms") == encoder.bias:
+        raise ValueError(f"model.norm={encoder.norm!r} with model.bias={encoder.bias}: weaver builds RMSNorm only "
+                         "without Linear biases (its version 3) and LayerNorm only with them; export it as onnx or "
+                         "stablehlo")
+    options = dict(activation="swiglu" if encoder.ffn == "swiglu" else "gelu", use_rmsnorm=encoder.norm == "rms",
+                   use_bias=encoder.bias, use_qk_norm=encoder.qk_norm,
+                   headwise_attn_output_gate=encoder.attn_gate == "headwise",
+                   elementwise_attn_output_gate=encoder.attn_gate == "elementwise", scale_attn=encoder.scale_attn,
+                   scale_fc=encoder.scale_fc, scale_heads=encoder.scale_heads, scale_resids=encoder.scale_resids)
+    return {"version": 3 if encoder.norm == "rms" else 1, "block_params": options, "cls_block_params": options}
+
+
 def weaver_model_settings(config, encoder):
     """Arguments of weaver's `ParticleTransformer` that rebuild the exported model (then `.eval()`)."""
     return {"input_dim": len(FEATURE_SETS[config.data.feature_set]), "num_classes": encoder.num_classes,
             "embed_dims": list(encoder.embed_dims), "pair_embed_dims": list(encoder.pair_embed_dims),
             "num_heads": encoder.num_heads, "num_layers": encoder.num_layers,
             "num_cls_layers": encoder.num_cls_layers, "use_pre_activation_pair": False,
-            "fc_params": [] if encoder.num_classes else None, "trim": False}
+            "fc_params": [] if encoder.num_classes else None, "trim": False, **weaver_block_options(encoder)}
 
 
 def write_weaver(config, encoder, variables, out, weaver_version):
@@ -219,7 +236,8 @@ def write_weaver(config, encoder, variables, out, weaver_version):
     if encoder.pair_mass != "reference":
         raise ValueError(f"the run has model.pair_mass={encoder.pair_mass!r}: weaver's ParticleTransformer computes "
                          "the reference pair mass, so it would not be this model; export it as onnx or stablehlo")
-    save_state_dict(to_state_dict(variables, weaver_version), out)
+    settings = weaver_model_settings(config, encoder)  # a model weaver cannot build fails before anything is written
+    save_state_dict(to_state_dict(variables, weaver_version, ffn=encoder.ffn), out)
     description = signature(config, ("z",), encoder)
     slots, features, vectors, mask = config.data.num_particles, *description["inputs"]
     features["shape"] = ["batch", len(features["channels"]), slots]  # weaver takes channel-first inputs
@@ -228,7 +246,7 @@ def write_weaver(config, encoder, variables, out, weaver_version):
     kind = "logits (softmax scores with for_inference=True)" if encoder.num_classes else "the representation z"
     description["outputs"] = [{"name": kind, "shape": ["batch", encoder.num_classes or encoder.embed_dims[-1]],
                                "dtype": "float32"}]
-    return {"weaver_version": weaver_version, "weaver_model": weaver_model_settings(config, encoder), **description}
+    return {"weaver_version": weaver_version, "weaver_model": settings, **description}
 
 
 def export(run, format, out, outputs=("scores",), opset=ONNX_OPSET, platforms=STABLEHLO_PLATFORMS,

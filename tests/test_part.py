@@ -193,7 +193,11 @@ def test_bfloat16_close_to_float32():
 def test_bad_config_names_the_key():
     f, v, m = jets(10)
     with pytest.raises(ValueError, match="model.ffn"):
-        ParT(**TINY, ffn="swiglu").init(jax.random.key(0), f, v, m)
+        ParT(**TINY, ffn="reglu").init(jax.random.key(0), f, v, m)
+    with pytest.raises(ValueError, match="model.norm"):
+        ParT(**TINY, norm="batch").init(jax.random.key(0), f, v, m)
+    with pytest.raises(ValueError, match="model.attn_gate"):
+        ParT(**TINY, attn_gate="channelwise").init(jax.random.key(0), f, v, m)
     with pytest.raises(ValueError, match="model.head"):
         ParT(**TINY, head="deep").init(jax.random.key(0), f, v, m)
     with pytest.raises(ValueError, match="model.pair_mass"):

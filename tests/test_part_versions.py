@@ -77,7 +77,7 @@ def test_weaver_versions_convert_and_match_stage_by_stage(case):
     assert np.abs(got["cls_block_0"] - want["cls_block_0"][..., perm]).max() <= TOL
     assert np.abs(np.asarray(out["logits"]) - want["logits"]).max() <= TOL
     assert sum(x.size for x in jax.tree.leaves(variables["params"])) == sum(p.numel() for p in model.parameters())
-    back = to_state_dict(variables, weaver_version="0.5")
+    back = to_state_dict(variables, weaver_version="0.5", ffn=part.ffn)
     assert set(back) == set(state)
     assert all(np.array_equal(back[k], v) for k, v in state.items() if not k.endswith("num_batches_tracked"))
 
@@ -109,3 +109,51 @@ def test_packed_layout_equals_dense_for_the_new_options(case):
     dense = part.apply(variables, *jets)
     packed = part.apply(variables, *jets, plan=plan)
     assert np.abs(np.asarray(packed["logits"]) - np.asarray(dense["logits"])).max() <= 1e-5
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_weaver_rebuilds_the_exported_architecture(case):
+    """export.weaver_model_settings (the description of a weaver export) builds weaver's model of the converted
+    options: it loads the written state_dict strictly and gives the original model's logits."""
+    import torch
+
+    from configs import base
+    from jetjax import export
+
+    original = weaver_model(CASES[case])
+    variables = convert_state_dict({k: t.detach().numpy() for k, t in original.state_dict().items()}, 2, "0.5")
+    part = matching_part(variables)
+    settings = export.weaver_model_settings(base.get_config(), part)
+    weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer")
+    rebuilt = weaver.ParticleTransformer(**settings)
+    rebuilt.load_state_dict({k: torch.tensor(v) for k, v in to_state_dict(variables, "0.5", part.ffn).items()},
+                            strict=True)
+    jets = real_jets()
+    assert np.array_equal(weaver_stages(rebuilt.eval(), jets)["logits"], weaver_stages(original, jets)["logits"])
+
+
+def test_what_weaver_cannot_build_is_refused():
+    from configs import base
+    from jetjax import export
+
+    variables = convert_state_dict({k: t.detach().numpy() for k, t in weaver_model(CASES["v3"]).state_dict().items()},
+                                   2, "0.5")
+    with pytest.raises(ValueError, match="model.norm='rms' with model.bias=True"):
+        export.weaver_model_settings(base.get_config(), matching_part(variables).clone(bias=True))
+    with pytest.raises(ValueError, match="GEGLU"):
+        to_state_dict(variables, "0.5", ffn="geglu")
+
+
+def test_the_version_presets_are_what_weaver_builds():
+    """configs/part_versions.py's model options of each version equal those read from weaver's model."""
+    from configs import part_versions
+
+    for version in ("1", "2", "3", "3.5"):
+        part = matching_part(convert_state_dict({k: t.detach().numpy() for k, t in weaver_model(
+            dict(version=float(version))).state_dict().items()}, 2, "0.5"))
+        config = part_versions.get_config(version)
+        read = {k: getattr(part, k) for k in ("ffn", "norm", "bias", "qk_norm", "attn_gate", "scale_attn",
+                                               "scale_fc", "scale_heads", "scale_resids")}
+        assert read == {k: config.model[k] for k in read}, version
+    with pytest.raises(ValueError, match="not one of"):
+        part_versions.get_config("4")

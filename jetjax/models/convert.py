@@ -151,6 +151,18 @@ def _count(state, pattern):
     return len({m.group(1) for k in state if (m := re.match(pattern, k))})
 
 
+_NORM = re.compile(r"(?:^|\.)(?:norm|pre_attn_norm|post_attn_norm|pre_fc_norm|post_fc_norm|q_norm|k_norm)\.weight$")
+
+
+def _check_norms(state):
+    """weaver's ParT norms are all LayerNorms (weight, bias) or all RMSNorms (weight; version 3): a bias missing
+    from some of them is a broken file, named."""
+    norms = sorted(k[:-len(".weight")] for k in state if _NORM.search(k))
+    missing = [f"{n}.bias" for n in norms if f"{n}.bias" not in state]
+    if missing and len(missing) < len(norms):
+        raise ValueError(f"ParT state_dict has no tensor {missing[0]!r} (other norms of the model have a bias)")
+
+
 def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
     """weaver ParT state_dict (name -> array) -> {'params': ..., 'batch_stats': ...} of `jetjax.models.ParT`.
 
@@ -174,6 +186,7 @@ def convert_state_dict(state, num_heads=8, weaver_version="0.4"):
             used.add(key)
             return dict.__getitem__(self, key)
 
+    _check_norms(state)
     state = Tracking(state)
     params, stats = {"embed": {}, "pair_embed": {}}, {"embed": {}, "pair_embed": {}}
     params["embed"]["input_bn"], stats["embed"]["input_bn"] = _batch_norm(state, "embed.input_bn")
@@ -297,18 +310,23 @@ def _leaf_paths(tree):
     return {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def to_state_dict(variables, weaver_version="0.5"):
+def to_state_dict(variables, weaver_version="0.5", ffn="gelu"):
     """jetjax ParT variables {'params', 'batch_stats'} -> weaver `ParticleTransformer` state_dict (name -> numpy).
 
     The inverse of `convert_state_dict` (same `weaver_version` layouts): `convert_state_dict(to_state_dict(v))`
-    gives back `v` bit for bit. Only the reference architecture has weaver tensors (ffn='gelu', no
-    layer_scale_init, head='linear' or no head); BatchNorm `num_batches_tracked` is written as 0. The weaver
-    model to load it into: `ParticleTransformer(input_dim=C, num_classes=K, embed_dims=..., pair_embed_dims=...,
-    num_heads=H, num_layers=..., num_cls_layers=..., use_pre_activation_pair=False, fc_params=[] (None
-    without a head))` with the widths and counts of the jetjax model.
+    gives back `v` bit for bit. Only weaver's architectures have weaver tensors: the reference and its
+    version 2 / 3 options (`ffn` 'gelu', or 'swiglu' with fc1_gate tensors; no layer_scale_init, head='linear' or
+    no head); BatchNorm `num_batches_tracked` is written as 0. The weaver model to load it into:
+    `ParticleTransformer(input_dim=C, num_classes=K, embed_dims=..., pair_embed_dims=..., num_heads=H,
+    num_layers=..., num_cls_layers=..., use_pre_activation_pair=False, fc_params=[] (None without a head))` with
+    the widths and counts of the jetjax model and its options (`jetjax.export.weaver_model_settings`).
     """
     _check_version(weaver_version)
     params, stats = variables["params"], variables["batch_stats"]
+    gated = any("fc1_gate" in params[name]["ffn"] for name in params if "blocks_" in name)
+    if gated and ffn != "swiglu":
+        raise ValueError(f"a gated feed-forward (fc1_gate) with model.ffn={ffn!r}: weaver's only gated FFN is SwiGLU "
+                         "(ffn='swiglu'); the study's GEGLU has no weaver equivalent")
     embed, pair = params["embed"], params["pair_embed"]
     state = {"cls_token": np.asarray(params["cls_token"])}
     state.update(_named("embed.input_bn", _batch_norm_tensors(embed["input_bn"], stats["embed"]["input_bn"])))
@@ -329,9 +347,10 @@ def to_state_dict(variables, weaver_version="0.5"):
         state.update(_named("fc.0", _linear_tensors(params["head"]["out"])))
     unwritten = sorted(_leaf_paths(variables) - _leaf_paths(convert_state_dict(state, num_heads)))
     if unwritten:
-        raise ValueError(f"jetjax ParT variables with no tensor in weaver's reference ParticleTransformer: "
-                         f"{unwritten[:3]}{' ...' if len(unwritten) > 3 else ''}; only the reference architecture "
-                         "(model.ffn='gelu', model.layer_scale_init=None, model.head='linear') can be written")
+        raise ValueError(f"jetjax ParT variables with no tensor in weaver's ParticleTransformer: "
+                         f"{unwritten[:3]}{' ...' if len(unwritten) > 3 else ''}; only weaver's architectures "
+                         "(model.ffn='gelu' or 'swiglu', model.layer_scale_init=None, model.head='linear') "
+                         "can be written")
     if weaver_version == "0.5":
         order = np.argsort(_head_scale_permutation(len(state["norm.weight"]), num_heads))
         state = _permute_residual_stream(state, order)
