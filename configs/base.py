@@ -58,8 +58,8 @@ def get_config():
         init_from=config_dict.placeholder(str),   # finetune / probe: the pretraining workdir
     ))
     # mode finetune: what trains (jetjax/finetune.py): method full | adapter (frozen encoder + block mix) | last_k
-    # (the last unfreeze_blocks particle blocks + class blocks); head_learning_rate: peak lr of the head (None:
-    # 0.1 for the adapter, optimizer.learning_rate otherwise)
+    # (the last unfreeze_blocks particle blocks + class blocks) | lora (lora_rank, lora_alpha, lora_targets);
+    # head_learning_rate: peak lr of the head (None: 0.1 for the adapter, optimizer.learning_rate otherwise)
     c.finetune = defaults.new_section("finetune")
     c.probe = defaults.new_section("probe")      # mode probe: C grid and L-BFGS iterations (jetjax/probe.py)
     c.layout = defaults.new_section("layout")    # how batches are computed (never what): jetjax/feeding.py

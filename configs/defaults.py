@@ -16,7 +16,8 @@ def _sections():
         # pretraining: the kNN probe at each validation (jetjax/knn_validation.py)
         "knn": dict(train_jets=4096, val_jets=2048, k=20),
         # mode finetune: what trains (jetjax/finetune.py)
-        "finetune": dict(method="full", unfreeze_blocks=2, head_learning_rate=config_dict.placeholder(float)),
+        "finetune": dict(method="full", unfreeze_blocks=2, head_learning_rate=config_dict.placeholder(float),
+                         lora_rank=8, lora_alpha=16.0, lora_targets=("query", "key", "value", "out")),
         # mode probe: inverse L2 strengths tried (scikit-learn's C), L-BFGS iterations per fit (jetjax/probe.py)
         "probe": dict(c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), max_iterations=1000),
         # XLA's programs: JAX's persistent compilation cache and its folder (jetjax/compilation.py)

@@ -70,14 +70,19 @@ def example_batch(config, batch_size):
             "jet": np.zeros((b, 4), np.float32)}
 
 
+def overlaid(ours, theirs):
+    """The tree `ours` with every leaf that `theirs` has replaced by it (ours alone keeps its LoRA factors)."""
+    return {k: overlaid(v, theirs[k]) if isinstance(v, dict) and k in theirs else theirs.get(k, v)
+            for k, v in ours.items()}
+
+
 def load_encoder(state, run):
     """`state` with the encoder (parameters and BatchNorm statistics, not the classifier head) of the best
     checkpoint of the pretraining workdir `run`."""
     restored = best_checkpoint(run, "train.init_from")
     encoder = {k: v for k, v in restored["params"]["encoder"].items() if k != "head"}
-    ours = {k: v for k, v in state.params["encoder"].items() if k != "head"}
-    check_compatible(encoder, ours)
-    params = {**state.params, "encoder": {**state.params["encoder"], **jax.tree.map(jnp.asarray, encoder)}}
+    check_compatible(encoder, finetune.without_lora({k: v for k, v in state.params["encoder"].items() if k != "head"}))
+    params = {**state.params, "encoder": overlaid(state.params["encoder"], jax.tree.map(jnp.asarray, encoder))}
     stats = restored.get("batch_stats", {}).get("encoder", {})
     batch_stats = {**state.batch_stats, "encoder": jax.tree.map(jnp.asarray, stats)} if stats else state.batch_stats
     return state.replace(params=params, batch_stats=batch_stats)

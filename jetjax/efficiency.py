@@ -11,6 +11,8 @@ jets for every method) and is evaluated on the natural test stream. Methods are 
   probe     mode 'probe': a logistic regression on the frozen encoder's representation (jetjax.probe)
   finetune  mode 'finetune' (finetune.method 'full' where the config has a finetune section): every weight
   adapter   mode 'finetune', finetune.method 'adapter': the pretrained backbone frozen, an adapter head
+  lora      mode 'finetune', finetune.method 'lora': the pretrained weights frozen, low-rank updates of the
+            blocks' projections and the head train (jetjax/finetune.py)
 
 The pretrained encoder is the best checkpoint of `efficiency.pretrained` (any jetjax workdir with a ParT
 encoder of the same shape), or, when that is unset, of a pretraining stage `pretrain/` run here first with
@@ -36,10 +38,10 @@ from jetjax.data import pipeline
 from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, pyplot, write_csv
 
 METHODS = {"scratch": ("supervised", None), "probe": ("probe", None), "finetune": ("finetune", "full"),
-           "adapter": ("finetune", "adapter")}
+           "adapter": ("finetune", "adapter"), "lora": ("finetune", "lora")}
 """Method -> (config.mode, config.finetune.method or None)."""
 TITLES = {"scratch": "From scratch", "probe": "Linear probe", "finetune": "Full fine-tune",
-          "adapter": "Frozen + adapter"}
+          "adapter": "Frozen + adapter", "lora": "LoRA fine-tune"}
 
 
 def run_name(method, budget, seed):

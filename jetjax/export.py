@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jetjax import build, checkpoint
+from jetjax import build, checkpoint, finetune
 from jetjax.data.classes import task_scheme
 from jetjax.data.features import FEATURE_SETS, JET_PT_GEV, STANDARDISATION
 from jetjax.models.convert import WEAVER_VERSIONS, save_state_dict, to_state_dict
@@ -73,6 +73,9 @@ def load_run(run):
     encoder = build.build_model(config).encoder
     variables = {"params": restored["params"]["encoder"],
                  "batch_stats": restored.get("batch_stats", {}).get("encoder", {})}
+    if encoder.lora_rank:  # a LoRA fine-tuning: its updates folded into the weights, a plain ParT
+        variables["params"] = finetune.merged_lora(variables["params"], encoder.lora_alpha / encoder.lora_rank)
+        encoder = encoder.clone(lora_rank=0)
     return config, encoder, jax.tree.map(jnp.asarray, variables)
 
 

@@ -6,6 +6,11 @@
                       of every block's output, LayerNorm, and a `model.head` ('linear' | 'mlp') classifier
     method='last_k'   the last `unfreeze_blocks` particle blocks, the class blocks, the class token, the final
                       norm and the head train; the embeddings and earlier blocks are frozen as above
+    method='lora'     every pretrained weight frozen; rank-`lora_rank` updates (lora_alpha / lora_rank) A B of the
+                      blocks' Dense layers named in `lora_targets` (query, key, value, out, fc1, fc1_gate, fc2;
+                      particle and class blocks) and the head train (Hu et al., arXiv:2106.09685). The embeddings
+                      run in eval mode as above, the blocks with dropout; `merged_lora` folds the updates into
+                      the weights (what jetjax.export writes)
     (mode 'probe', the linear probe, is a logistic regression fitted on the frozen encoder: jetjax.probe)
 
 `head_learning_rate` is the peak learning rate of the new head; unset: ADAPTER_HEAD_LEARNING_RATE for the adapter
@@ -20,14 +25,20 @@ import jax
 from configs import defaults
 from jetjax import losses, objectives, optim
 from jetjax.models.heads import BlockMixClassifier
+from jetjax.models.layers import LORA_TARGETS
 
-METHODS = ("full", "adapter", "last_k")
+METHODS = ("full", "adapter", "last_k", "lora")
+LORA_SUFFIXES = ("_lora_a", "_lora_b")
 ADAPTER_HEAD_LEARNING_RATE = 0.1
 
 
 def settings(config):
     """config.finetune with the defaults filled in (configs/defaults.py), checked."""
     values = defaults.section(config, "finetune")
+    unknown = [t for t in values.lora_targets if t not in LORA_TARGETS]
+    if values.method == "lora" and (values.lora_rank < 1 or unknown or not values.lora_targets):
+        raise ValueError(f"config.finetune.lora_rank={values.lora_rank} must be >= 1 and config.finetune.lora_targets="
+                         f"{tuple(values.lora_targets)} one or more of {LORA_TARGETS}")
     if values.method not in METHODS:
         raise ValueError(f"config.finetune.method={values.method!r} is not one of {METHODS}")
     if values.method != "full" and config.mode not in ("finetune", "evaluate"):
@@ -62,8 +73,12 @@ def classifier(config, encoder_class, model_settings, num_classes):
     if method == "adapter":
         return Adapted(encoder_class(num_classes=None, **model_settings), num_classes, model_settings["head"],
                        model_settings["head_hidden"], model_settings["head_dropout"])
+    if method == "lora":
+        values = settings(config)
+        model_settings = {**model_settings, "lora_rank": values.lora_rank, "lora_alpha": values.lora_alpha,
+                          "lora_targets": tuple(values.lora_targets)}
     encoder = encoder_class(num_classes=num_classes, **model_settings)
-    unfrozen = settings(config).unfreeze_blocks if method == "last_k" else None
+    unfrozen = {"last_k": settings(config).unfreeze_blocks, "lora": encoder.num_layers}.get(method)
     encoder.first_trained_block(unfrozen)  # a wrong unfreeze_blocks fails here, before any work
     return objectives.Supervised(encoder, unfrozen_blocks=unfrozen)
 
@@ -77,4 +92,33 @@ def optimizer_settings(config, num_layers):
         head_learning_rate = ADAPTER_HEAD_LEARNING_RATE if head_learning_rate is None else head_learning_rate
     elif values.method == "last_k":
         trainable = optim.trains_from_block(num_layers - values.unfreeze_blocks)
+    elif values.method == "lora":  # the head on a frozen backbone, as the adapter's (measured: docs/efficiency.md)
+        trainable = trains_lora
+        head_learning_rate = ADAPTER_HEAD_LEARNING_RATE if head_learning_rate is None else head_learning_rate
     return dict(trainable=trainable, head_learning_rate=head_learning_rate)
+
+
+def is_lora(name):
+    return name.endswith(LORA_SUFFIXES)
+
+
+def trains_lora(names):
+    """`trainable` predicate of LoRA: the low-rank factors and the heads."""
+    return optim.is_head(names) or is_lora(names[-1])
+
+
+def without_lora(tree):
+    """A parameter tree without its LoRA factors."""
+    return {k: without_lora(v) if isinstance(v, dict) else v for k, v in tree.items() if not is_lora(k)}
+
+
+def merged_lora(params, scale):
+    """ParT parameters with each LoRA update folded into its Dense: kernel + `scale` A B (scale = lora_alpha /
+    lora_rank), the factors removed: the parameters of the same ParT without LoRA."""
+    if not isinstance(params, dict):
+        return params
+    merged = {k: merged_lora(v, scale) for k, v in params.items() if not is_lora(k)}
+    for name in (k.removesuffix("_lora_a") for k in params if k.endswith("_lora_a")):
+        update = scale * (params[f"{name}_lora_a"] @ params[f"{name}_lora_b"])
+        merged[name] = {**merged[name], "kernel": merged[name]["kernel"] + update.astype(merged[name]["kernel"].dtype)}
+    return merged

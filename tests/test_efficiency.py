@@ -55,7 +55,7 @@ def test_methods_are_config_values_and_a_wrong_setting_fails_naming_it(tmp_path)
     config.efficiency.pretrained = "runs/elsewhere"
     plan = efficiency.stages(config, tmp_path)
     assert plan[0][0] != "pretrain" and plan[-1][2].train.init_from == "runs/elsewhere"
-    for key, value, message in (("methods", ("scratch", "lora"), "names 'lora'"),
+    for key, value, message in (("methods", ("scratch", "prompt"), "names 'prompt'"),
                                 ("budgets", (100, 0.5), "whole numbers"), ("seeds", (), "seeds is empty")):
         bad = efficiency_config.get_config()
         bad.efficiency[key] = value

@@ -11,6 +11,7 @@ from conftest import toy_jets
 from configs import quickstart
 from jetjax import build, finetune, objectives, optim
 from jetjax.steps import init_state, make_train_step
+from jetjax.models.layers import LORA_TARGETS
 from jetjax.models.layout import plan_layout
 from jetjax.models.part import ParT
 
@@ -18,11 +19,11 @@ TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_la
             dropout=0.1, attn_dropout=0.1, activation_dropout=0.1, head="mlp", head_hidden=8)
 
 
-def config(method, unfreeze_blocks=1):
+def config(method, unfreeze_blocks=1, **finetune_settings):
     c = quickstart.get_config()
     c.mode = "finetune"
     c.model.update(TINY)
-    c.finetune.update(dict(method=method, unfreeze_blocks=unfreeze_blocks))
+    c.finetune.update(dict(method=method, unfreeze_blocks=unfreeze_blocks, **finetune_settings))
     return c
 
 
@@ -80,6 +81,37 @@ def test_last_k_freezes_the_embeddings_and_earlier_blocks_only():
     before, after = train_a_few_steps(config("last_k", unfreeze_blocks=1))
     frozen = ("encoder/embed/", "encoder/pair_embed/", "encoder/blocks_0/")
     assert_frozen_and_trained(before, after, lambda k: k.startswith(frozen))
+
+
+def test_lora_freezes_every_pretrained_weight_and_trains_the_factors_and_head():
+    # 3 steps: the first at the warm-up's zero rate; A's gradient is zero until B has moved off zero
+    before, after = train_a_few_steps(config("lora", lora_rank=2, lora_targets=("query", "value", "fc2")), steps=3)
+    assert_frozen_and_trained(before, after, lambda k: k.startswith("encoder/") and not finetune.is_lora(k)
+                              and not k.startswith("encoder/head/"))
+    factors = [k for k in flat(after[0]) if finetune.is_lora(k)]
+    assert len(factors) == 2 * 3 * (TINY["num_layers"] + TINY["num_cls_layers"])  # A and B, 3 targets, 3 blocks
+    assert "encoder/blocks_0/ffn/fc2_lora_b" in factors and not any("key_lora" in k for k in factors)
+
+
+def test_merged_lora_is_the_same_model_without_lora():
+    """Folding the updates into the weights (what export writes) gives the LoRA model's outputs, and the LoRA
+    model with its B factors at zero (its initialisation) is the plain model."""
+    batch = toy_jets(batch=6, slots=16, lengths=None, num_classes=3)
+    args = (batch["features"], batch["vectors"], batch["mask"])
+    lora = ParT(num_classes=3, **TINY, lora_rank=2, lora_alpha=4.0, lora_targets=LORA_TARGETS)
+    plain = lora.clone(lora_rank=0)
+    variables = lora.init(jax.random.key(0), *args)
+    rng = np.random.default_rng(0)
+    noisy = jax.tree_util.tree_map_with_path(
+        lambda path, x: x + rng.normal(size=x.shape).astype(x.dtype) * (0.3 if finetune.is_lora(str(path[-1].key))
+                                                                         else 0.0), variables)
+    merged = {**noisy, "params": finetune.merged_lora(jax.device_get(noisy["params"]), 2.0)}
+    want = lora.apply(noisy, *args)["logits"]
+    assert float(jnp.abs(want - lora.apply(variables, *args)["logits"]).max()) > 1e-3  # the factors matter
+    assert float(jnp.abs(plain.apply(merged, *args)["logits"] - want).max()) <= 1e-5
+    assert jax.tree.structure(merged["params"]) == jax.tree.structure(plain.init(jax.random.key(0), *args)["params"])
+    fresh = {**variables, "params": finetune.without_lora(variables["params"])}
+    assert float(jnp.abs(plain.apply(fresh, *args)["logits"] - lora.apply(variables, *args)["logits"]).max()) == 0.0
 
 
 def test_block_outputs_are_masked_means_and_class_tokens_in_both_layouts():
@@ -140,7 +172,9 @@ def test_head_learning_rate_acts_on_the_heads_only():
 
 def test_settings_errors_name_the_key():
     with pytest.raises(ValueError, match="finetune.method"):
-        build.build_model(config("lora"))
+        build.build_model(config("prompt"))
+    with pytest.raises(ValueError, match="lora_targets"):
+        build.build_model(config("lora", lora_targets=("query", "gate")))
     supervised = config("adapter")
     supervised.mode = "supervised"
     with pytest.raises(ValueError, match="applies to mode 'finetune'"):

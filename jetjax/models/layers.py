@@ -89,12 +89,21 @@ class BlockStyle:
     scale_fc: bool = True
     scale_heads: bool = True
     scale_resids: bool = True
+    lora_rank: int = 0
+    """LoRA (jetjax/finetune.py): a rank-`lora_rank` update (alpha / rank) A B beside each Dense named in
+    `lora_targets` (query, key, value, out, fc1, fc1_gate, fc2); 0: none."""
+    lora_alpha: float = 16.0
+    lora_targets: tuple = ("query", "key", "value", "out")
 
     def __post_init__(self):
         if self.norm not in ("layer", "rms"):
             raise ValueError(f"model.norm must be 'layer' or 'rms', got {self.norm!r}")
         if self.attn_gate not in ("none", "headwise", "elementwise"):
             raise ValueError(f"model.attn_gate must be 'none', 'headwise' or 'elementwise', got {self.attn_gate!r}")
+        unknown = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if self.lora_rank < 0 or unknown:
+            raise ValueError(f"config.finetune.lora_rank={self.lora_rank} must be >= 0 and lora_targets "
+                             f"{tuple(self.lora_targets)} among {LORA_TARGETS}")
 
 
 class MaskedBatchNorm(nn.Module):
@@ -145,6 +154,21 @@ def attention_core(q, k, v, bias, dropout):
     return jnp.swapaxes(jnp.einsum("nhqk,nhkd->nhqd", weights, v), 1, 2)
 
 
+LORA_TARGETS = ("query", "key", "value", "out", "fc1", "fc1_gate", "fc2")
+
+
+def low_rank_update(module, name, in_features, features, style):
+    """LoRA's update x -> (alpha / r) (x A) B of the Dense `name` of `module` (Hu et al. 2021): A (in, r) starts as
+    PyTorch's Linear default, B (r, out) at zero, so the update starts at 0; kept as `{name}_lora_a`,
+    `{name}_lora_b` beside the Dense. x -> 0 when `style` asks for no LoRA on `name`."""
+    if not style.lora_rank or name not in style.lora_targets:
+        return lambda x: 0
+    a = module.param(f"{name}_lora_a", torch_linear_init, (in_features, style.lora_rank))
+    b = module.param(f"{name}_lora_b", nn.initializers.zeros, (style.lora_rank, features))
+    scale = style.lora_alpha / style.lora_rank
+    return lambda x: jnp.dot(jnp.dot(x, a.astype(x.dtype)), b.astype(x.dtype)) * jnp.asarray(scale, x.dtype)
+
+
 class Attention(nn.Module):
     """Multi-head attention with the pair bias, laid out by the encoder's layout (models/layout.py).
 
@@ -168,9 +192,10 @@ class Attention(nn.Module):
         projections = {name: dense(embed, name, self.dtype, torch_qkv_init, style.bias)
                        for name in ("query", "key", "value")}
         head_norms = {name: norm_layer(style.norm, f"{name[0]}_norm", self.dtype) for name in ("query", "key")}
+        updates = {name: low_rank_update(self, name, embed, embed, style) for name in ("query", "key", "value", "out")}
 
         def project(y, name):
-            y = projections[name](y)
+            y = projections[name](y) + updates[name](y)
             y = y.reshape(*y.shape[:-1], self.num_heads, head_dim)
             return head_norms[name](y) if style.qk_norm and name in head_norms else y
 
@@ -187,7 +212,8 @@ class Attention(nn.Module):
             gates = self.num_heads if style.attn_gate == "headwise" else embed
             gate = nn.sigmoid(dense(gates, "gate", self.dtype, use_bias=style.bias)(query))
             out = out * gate.reshape(*out.shape[:-2], self.num_heads, -1)
-        return dense(embed, "out", self.dtype, use_bias=style.bias)(out.reshape(*out.shape[:-2], embed))
+        out = out.reshape(*out.shape[:-2], embed)
+        return dense(embed, "out", self.dtype, use_bias=style.bias)(out) + updates["out"](out)
 
 
 GATED_FFNS = {"geglu": gelu, "swiglu": nn.silu}
@@ -206,16 +232,21 @@ class FeedForward(nn.Module):
 
     @nn.compact
     def __call__(self, x, train):
-        bias = self.style.bias
-        h = dense(self.hidden, "fc1", self.dtype, use_bias=bias)(x)
+        style = self.style
+
+        def linear(y, features, name):
+            return (dense(features, name, self.dtype, use_bias=style.bias)(y)
+                    + low_rank_update(self, name, y.shape[-1], features, style)(y))
+
+        h = linear(x, self.hidden, "fc1")
         if self.ffn in GATED_FFNS:
-            h = h * GATED_FFNS[self.ffn](dense(self.hidden, "fc1_gate", self.dtype, use_bias=bias)(x))
+            h = h * GATED_FFNS[self.ffn](linear(x, self.hidden, "fc1_gate"))
         else:
             h = gelu(h)
         h = Dropout(self.activation_dropout)(h, deterministic=not train)
-        if self.style.scale_fc:
-            h = norm_layer(self.style.norm, "post_fc_norm", self.dtype)(h)
-        return dense(x.shape[-1], "fc2", self.dtype, use_bias=bias)(h)
+        if style.scale_fc:
+            h = norm_layer(style.norm, "post_fc_norm", self.dtype)(h)
+        return linear(h, x.shape[-1], "fc2")
 
 
 class Block(nn.Module):

@@ -19,7 +19,8 @@ Differences from the reference, all deliberate:
 The study's upgrades (docs/formulas.md §8) are switches: `ffn='geglu'`, `ffn_ratio`, `drop_path` (per-sample
 stochastic depth), `layer_scale_init` (LayerScale on both residual branches; None = off), `head='mlp'`. So are
 the options of weaver-core 0.5.3's ParT versions 2 and 3 (docs/formulas.md §8.5): `ffn='swiglu'`, `norm='rms'`,
-`bias`, `qk_norm`, `attn_gate`, `scale_attn`, `scale_fc`, `scale_heads`, `scale_resids` (layers.BlockStyle).
+`bias`, `qk_norm`, `attn_gate`, `scale_attn`, `scale_fc`, `scale_heads`, `scale_resids` (layers.BlockStyle). `lora_rank`,
+`lora_alpha`, `lora_targets`: low-rank updates of the blocks' Dense layers for LoRA fine-tuning (jetjax/finetune.py).
 """
 from typing import Optional, Sequence
 
@@ -147,6 +148,9 @@ class ParT(nn.Module):
     scale_fc: bool = True
     scale_heads: bool = True
     scale_resids: bool = True
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_targets: Sequence[str] = ("query", "key", "value", "out")
     dtype: jnp.dtype = jnp.float32
 
     def setup(self):
@@ -161,7 +165,7 @@ class ParT(nn.Module):
 
     def style(self):
         return BlockStyle(self.norm, self.bias, self.qk_norm, self.attn_gate, self.scale_attn, self.scale_fc,
-                          self.scale_heads, self.scale_resids)
+                          self.scale_heads, self.scale_resids, self.lora_rank, self.lora_alpha, tuple(self.lora_targets))
 
     def block(self, name, dropouts, drop_path):
         return Block(self.num_heads, self.ffn, self.ffn_ratio, *dropouts, drop_path, self.layer_scale_init,
