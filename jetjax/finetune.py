@@ -69,16 +69,16 @@ class Adapted(nn.Module, objectives.EncoderLengths):
 def classifier(config, encoder_class, model_settings, num_classes):
     """The classifier objective of a supervised / finetune / probe / evaluate run: `encoder_class(**model_settings)`
     (ParT) with a head, or without one under an adapter."""
-    method = settings(config).method
+    values = settings(config)
+    method = values.method
     if method == "adapter":
         return Adapted(encoder_class(num_classes=None, **model_settings), num_classes, model_settings["head"],
                        model_settings["head_hidden"], model_settings["head_dropout"])
     if method == "lora":
-        values = settings(config)
         model_settings = {**model_settings, "lora_rank": values.lora_rank, "lora_alpha": values.lora_alpha,
                           "lora_targets": tuple(values.lora_targets)}
     encoder = encoder_class(num_classes=num_classes, **model_settings)
-    unfrozen = {"last_k": settings(config).unfreeze_blocks, "lora": encoder.num_layers}.get(method)
+    unfrozen = {"last_k": values.unfreeze_blocks, "lora": encoder.num_layers}.get(method)
     encoder.first_trained_block(unfrozen)  # a wrong unfreeze_blocks fails here, before any work
     return objectives.Supervised(encoder, unfrozen_blocks=unfrozen)
 

@@ -42,6 +42,12 @@ def weaver_model(settings):
     return model.eval()
 
 
+def converted(model):
+    """jetjax variables of weaver's `model` (0.5 layout)."""
+    return convert_state_dict({k: t.detach().numpy() for k, t in model.state_dict().items()}, TINY["num_heads"],
+                              weaver_version="0.5")
+
+
 def weaver_stages(model, jets):
     """{stage: output} of weaver's model on `jets`: embedding, each particle and class block, logits."""
     import torch
@@ -84,8 +90,7 @@ def test_weaver_versions_convert_and_match_stage_by_stage(case):
 
 def test_options_are_read_from_the_tensors():
     """matching_part names what each version switches, as weaver's constructor sets it."""
-    parts = {case: matching_part(convert_state_dict({k: t.detach().numpy() for k, t in weaver_model(
-        CASES[case]).state_dict().items()}, TINY["num_heads"], "0.5")) for case in ("v1", "v2", "v3", "v3.5")}
+    parts = {case: matching_part(converted(weaver_model(CASES[case]))) for case in ("v1", "v2", "v3", "v3.5")}
     assert (parts["v1"].ffn, parts["v1"].norm, parts["v1"].bias, parts["v1"].scale_heads) == ("gelu", "layer", True, True)
     assert (parts["v2"].ffn, parts["v2"].norm, parts["v2"].scale_attn, parts["v2"].scale_resids) == (
         "swiglu", "layer", False, False)
@@ -95,7 +100,7 @@ def test_options_are_read_from_the_tensors():
 
 def test_blocks_of_different_options_are_refused():
     model = weaver_model(dict(version=2, block_params=GATE))  # the class blocks keep the defaults
-    variables = convert_state_dict({k: t.detach().numpy() for k, t in model.state_dict().items()}, 2, "0.5")
+    variables = converted(model)
     with pytest.raises(ValueError, match="cls_block_params"):
         matching_part(variables)
 
@@ -103,7 +108,7 @@ def test_blocks_of_different_options_are_refused():
 @pytest.mark.parametrize("case", ["v3.5", "v2+headwise gate+qk norm"])
 def test_packed_layout_equals_dense_for_the_new_options(case):
     model = weaver_model(CASES[case])
-    variables = convert_state_dict({k: t.detach().numpy() for k, t in model.state_dict().items()}, 2, "0.5")
+    variables = converted(model)
     part, jets = matching_part(variables), real_jets()
     plan = plan_layout(jets[2].sum(1), jets[2].shape[1], groups=3, slot_multiple=8)
     dense = part.apply(variables, *jets)
@@ -121,7 +126,7 @@ def test_weaver_rebuilds_the_exported_architecture(case):
     from jetjax import export
 
     original = weaver_model(CASES[case])
-    variables = convert_state_dict({k: t.detach().numpy() for k, t in original.state_dict().items()}, 2, "0.5")
+    variables = converted(original)
     part = matching_part(variables)
     settings = export.weaver_model_settings(base.get_config(), part)
     weaver = pytest.importorskip("weaver.nn.model.ParticleTransformer")
@@ -136,8 +141,7 @@ def test_what_weaver_cannot_build_is_refused():
     from configs import base
     from jetjax import export
 
-    variables = convert_state_dict({k: t.detach().numpy() for k, t in weaver_model(CASES["v3"]).state_dict().items()},
-                                   2, "0.5")
+    variables = converted(weaver_model(CASES["v3"]))
     with pytest.raises(ValueError, match="model.norm='rms' with model.bias=True"):
         export.weaver_model_settings(base.get_config(), matching_part(variables).clone(bias=True))
     with pytest.raises(ValueError, match="GEGLU"):
@@ -149,8 +153,7 @@ def test_the_version_presets_are_what_weaver_builds():
     from configs import part_versions
 
     for version in ("1", "2", "3", "3.5"):
-        part = matching_part(convert_state_dict({k: t.detach().numpy() for k, t in weaver_model(
-            dict(version=float(version))).state_dict().items()}, 2, "0.5"))
+        part = matching_part(converted(weaver_model(dict(version=float(version)))))
         config = part_versions.get_config(version)
         read = {k: getattr(part, k) for k in ("ffn", "norm", "bias", "qk_norm", "attn_gate", "scale_attn",
                                                "scale_fc", "scale_heads", "scale_resids")}
