@@ -11,7 +11,8 @@ On JetClass-II (add 10^5: the split holds millions of jets per class; only the f
     --config.data.root=data/JetClass-II --config.data.epoch_size=200000 --config.data.val_size=100000 \\
     --config.efficiency.budgets='(100,1000,10000,100000)'
 A subset: --config.efficiency.methods='("scratch","finetune")' --config.efficiency.seeds='(0,)'; an encoder
-pretrained elsewhere: --config.efficiency.pretrained=runs/jetclr_pretrain (no pretraining stage then).
+pretrained elsewhere: --config.efficiency.pretrained=runs/jetclr_pretrain (no pretraining stage then); another
+label-free objective with its settings of configs/pretraining.py: --config configs/efficiency.py:jepa (or mpm, ...).
 """
 import ml_collections
 from ml_collections import config_dict
@@ -22,6 +23,10 @@ from configs import base, pretraining, study_sim
 def add_efficiency(c, objective="jetclr"):
     """`c` in efficiency mode with the study's methods, budgets, seeds and a label-free pretraining objective
     (SupCon uses the labels: not for this study)."""
+    if objective not in pretraining.OBJECTIVES or objective == "supcon":
+        label_free = ", ".join(o for o in pretraining.OBJECTIVES if o != "supcon")
+        raise ValueError(f"the efficiency study's objective {objective!r} is not a label-free pretraining objective; "
+                         f"choose one of {label_free} (e.g. --config configs/efficiency.py:jepa)")
     c.mode = "efficiency"
     c.train.epochs = pretraining.FINETUNE_EPOCHS               # every classifier run, every budget
     c.efficiency = ml_collections.ConfigDict(dict(
@@ -36,5 +41,5 @@ def add_efficiency(c, objective="jetclr"):
     return c
 
 
-def get_config():
-    return study_sim.with_sim_data(add_efficiency(base.get_config()))
+def get_config(objective="jetclr"):
+    return study_sim.with_sim_data(add_efficiency(base.get_config(), objective))

@@ -7,7 +7,7 @@ values and finite gradients: masks are applied with `where` before any reduction
 divides by a count clamped to at least 1.
 
 Formulas: docs/formulas.md §4.7 (NT-Xent), §5 (SupCon), §6.3 (masked particle modelling), §7.3 (CLIP-VAE).
-VICReg, SimSiam, MoCo's InfoNCE and masked-token MPM follow the papers and code cited in their docstrings.
+VICReg, SimSiam, MoCo's InfoNCE, masked-token MPM and JEPA's latent regression follow the papers and code cited in their docstrings.
 """
 import jax
 import jax.numpy as jnp
@@ -314,3 +314,46 @@ def masked_token_cross_entropy(logits, token_ids, masked):
     loss = _masked_mean(ce, masked)
     return loss, {"token_cross_entropy": loss, "token_accuracy": _masked_mean(correct.astype(jnp.float32), masked),
                   "masked_particles": jnp.sum(masked).astype(jnp.float32)}
+
+
+def layer_normalised(x, eps=1e-5):
+    """`x` standardised over its last axis: LayerNorm without scale or offset (torch's `F.layer_norm` with its
+    eps), how I-JEPA normalises its targets."""
+    x = _f32(x)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(jnp.var(x, axis=-1, keepdims=True) + eps)
+
+
+def _masked_std(x, mask):
+    """Per-dimension std of the rows (..., d) of `x` where `mask` (...) is true, averaged over the d dimensions."""
+    mean = _masked_mean(x, mask[..., None], axis=tuple(range(mask.ndim)))
+    return jnp.mean(jnp.sqrt(_masked_mean((x - mean) ** 2, mask[..., None], axis=tuple(range(mask.ndim)))))
+
+
+def latent_regression(pred, target, masked, loss="smooth_l1", beta=1.0):
+    """JEPA's loss (Assran et al., I-JEPA, 2023): the predictor's outputs regress the target encoder's
+    representations of the masked particles.
+
+    pred, target (B, P, d): predictions and the target encoder's particle tokens; masked (B, P) bool marks
+    the masked *real* particles. The targets get a stop-gradient and are `layer_normalised` here; the error
+    is smooth L1 with threshold `beta` (`loss="smooth_l1"`, torch's `smooth_l1_loss`, what I-JEPA's code
+    uses) or squared (`loss="l2"`, the paper's text), averaged over the masked particles and the d
+    dimensions. A batch without masked particles gives 0.
+    Metrics: `latent_loss` (the loss), the collapse monitors `target_std` and `prediction_std` (per-dimension
+    std across the masked particles of the normalised targets and of the predictions, averaged over
+    dimensions: 0 when every particle gets the same representation), `masked_particles`.
+    """
+    if loss not in ("smooth_l1", "l2"):
+        raise ValueError(f"latent_regression: unknown loss {loss!r}, use 'smooth_l1' or 'l2'")
+    if loss == "smooth_l1" and not beta > 0:
+        raise ValueError(f"latent_regression: smooth L1 needs beta > 0, got {beta}")
+    masked = jnp.asarray(masked, bool)
+    target = layer_normalised(jax.lax.stop_gradient(target))
+    # zero every unmasked slot first, so that nothing there (even NaN) reaches values or gradients
+    diff = jnp.where(masked[..., None], _f32(pred) - target, 0.0)
+    size = jnp.abs(diff)
+    error = jnp.where(size < beta, 0.5 * diff * diff / beta, size - 0.5 * beta) if loss == "smooth_l1" else diff * diff
+    value = _masked_mean(error, jnp.broadcast_to(masked[..., None], error.shape))
+    pred = jax.lax.stop_gradient(jnp.where(masked[..., None], _f32(pred), 0.0))
+    return value, {"latent_loss": value, "target_std": _masked_std(jnp.where(masked[..., None], target, 0.0), masked),
+                   "prediction_std": _masked_std(pred, masked), "masked_particles": jnp.sum(masked).astype(jnp.float32)}

@@ -28,10 +28,11 @@ from jetjax.data.classes import task_scheme
 
 METHODS = {"ours": "Ours (Supervised)", "ours_muon": "Ours (Muon)", "supcon": "Ours (SupCon)", "part": "ParT",
            "clipvae": "CLIP-VAE", "jetclr": "JetCLR", "mpm": "MPM", "mpm_vq": "MPM (VQ-VAE tokens)",
-           "mpm_kmeans": "MPM (K-means)", "vicreg": "VICReg", "simsiam": "SimSiam", "moco": "MoCo"}
+           "mpm_kmeans": "MPM (K-means)", "vicreg": "VICReg", "simsiam": "SimSiam", "moco": "MoCo",
+           "jepa": "JEPA"}
 """Method -> table row, in the study's row order."""
 SUPERVISED = ("ours", "ours_muon", "part")
-OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm", "mpm_vq", "mpm_kmeans", "vicreg", "simsiam", "moco")
+OBJECTIVES = ("supcon", "clipvae", "jetclr", "mpm", "mpm_vq", "mpm_kmeans", "vicreg", "simsiam", "moco", "jepa")
 TOKENIZERS = {"mpm_vq": "vqvae"}
 """Objective -> the tokenizer objective trained before it (stage '<objective>_tokenizer', study.pretrain_epochs,
 settings study.objective_settings[tokenizer]), whose tokens are its targets (objective.tokenizer_run)."""

@@ -188,12 +188,12 @@ def assemble(config, workdir, model):
     batch_size, accumulate = micro_batch_size(config), defaults.value(config, "train.accumulate")
     parallel.check_batch_size(batch_size, mesh, "train.batch_size / train.accumulate")
     data = data_settings(config, workdir)
-    model = objectives.prepare(model, workdir, data, config.seed)
     report, validation_report = DataReport(), DataReport()
     sampler = pipeline.training_sampler(
         **data, batch_size=batch_size, epoch_size=config.data.epoch_size, seed=config.seed, report=report,
         length_window=config.data.length_grouping, workers=config.data.workers,
         label_budget=defaults.value(config, "data.label_budget"), label_seed=config.seed)
+    model = objectives.prepare(model, workdir, data, config.seed, config.train.epochs * sampler.batches_per_epoch)
     tx = steps.accumulated(optim.make_optimizer(config.train.epochs * sampler.batches_per_epoch // accumulate,
                                                 **config.optimizer,
                                                 **finetune.optimizer_settings(config, config.model.num_layers)),

@@ -10,7 +10,7 @@ from jetjax.data.classes import get_scheme
 
 CONFIGS = [("supervised_part", None), ("supervised_ours", None), ("supervised_ours_muon", None),
            ("quickstart", None), ("part_versions", "3.5")] + [
-    (o, s) for o in ("supcon", "jetclr", "mpm", "clipvae", "vicreg", "simsiam", "moco") for s in ("pretrain", "finetune")]
+    (o, s) for o in ("supcon", "jetclr", "mpm", "clipvae", "vicreg", "simsiam", "moco", "jepa") for s in ("pretrain", "finetune")]
 
 
 @pytest.mark.parametrize("name,stage", CONFIGS, ids=[f"{n}:{s}" if s else n for n, s in CONFIGS])

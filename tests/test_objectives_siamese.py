@@ -122,7 +122,7 @@ def test_pretraining_validation_records_the_knn_probe_of_the_encoder(tmp_path):
 
 def test_the_study_runs_them_under_their_literature_names(tmp_path):
     config = study_config.get_config()
-    config.study.update(dict(objectives=("vicreg", "simsiam", "moco"), tsne=()))
+    config.study.update(dict(objectives=("vicreg", "simsiam", "moco", "jepa"), tsne=()))
     rows = [row for _, row, _ in study.stages(config, tmp_path) if row is not None]
-    assert rows[-3:] == ["VICReg", "SimSiam", "MoCo"]
+    assert rows[-4:] == ["VICReg", "SimSiam", "MoCo", "JEPA"]
     assert config.study.objective_settings["vicreg"].to_dict() == dict(invariance=25.0, variance=25.0, covariance=1.0)

@@ -10,10 +10,12 @@ builder.
   clipvae     VAE head on z: pT-weighted Chamfer reconstruction + clipped KL                   clipvae.py
   vicreg, simsiam, moco       joint-embedding objectives on JetCLR's views                     siamese.py
   vqvae, mpm_vq, mpm_kmeans   the particle tokenizer and MPM with token targets                tokens.py
+  jepa        MPM's masking; a predictor regresses the tokens an EMA target encoder gives the
+              masked particles (I-JEPA)                                                        predictive.py
 
 The losses themselves are pure functions in jetjax/losses.py; docs/objectives.md describes each objective.
 """
-from jetjax.objectives import clipvae, contrastive, masked, siamese, supervised, tokens
+from jetjax.objectives import clipvae, contrastive, masked, predictive, siamese, supervised, tokens
 from jetjax.objectives.base import EncoderLengths, Objective, ViewObjective, encode, per_view, stack_views
 from jetjax.objectives.masked import choose_masked
 from jetjax.objectives.supervised import Supervised
@@ -30,6 +32,7 @@ OBJECTIVES = {
     "vqvae": tokens.build_tokenizer_stage,
     "mpm_vq": tokens.build_mpm_vq,
     "mpm_kmeans": tokens.build_mpm_kmeans,
+    "jepa": predictive.build,
 }
 """Config name (`objective.name`) -> builder(encoder, feature_set, num_particles, **the objective's config
 fields) -> the objective module."""
@@ -48,8 +51,11 @@ def build(name, encoder, feature_set="kin", num_particles=128, **settings):
     return OBJECTIVES[name](encoder, feature_set, num_particles, **settings)
 
 
-def prepare(model, workdir, data, seed):
-    """`model` ready to train in `workdir` on the training data `data` (jetjax.data.pipeline settings): an
-    objective whose targets come from outside the train step (MPM's token targets: a tokenizer run, K-means
-    centroids fitted on training jets and kept in the workdir) resolves them here; the others are ready."""
-    return model.prepare_targets(workdir, data, seed) if hasattr(model, "prepare_targets") else model
+def prepare(model, workdir, data, seed, train_steps=None):
+    """`model` ready to train in `workdir` on the training data `data` (jetjax.data.pipeline settings) for
+    `train_steps` steps: an objective whose targets come from outside the train step (MPM's token targets: a
+    tokenizer run, K-means centroids fitted on training jets and kept in the workdir) resolves them here, one
+    with a schedule over the run (JEPA's momentum, `with_run_steps`) learns its length; the others are ready."""
+    if hasattr(model, "prepare_targets"):
+        model = model.prepare_targets(workdir, data, seed)
+    return model.with_run_steps(train_steps) if hasattr(model, "with_run_steps") and train_steps else model

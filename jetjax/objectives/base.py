@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jetjax import momentum as ema
+
 
 class Objective(Protocol):
     """The protocol between an objective and the engine (jetjax/train.py, jetjax/feeding.py).
@@ -25,7 +27,8 @@ class Objective(Protocol):
     pretraining run; None for an objective without a jet representation to probe (the VQ-VAE tokenizer stage).
     `encoder_lengths(lengths)` bounds, host side, the real particles of each jet the encoder will see (the
     feeder picks the batch's layout from them). An objective whose targets come from outside the train step
-    also defines `prepare_targets(workdir, data, seed)`, returning itself with them resolved.
+    also defines `prepare_targets(workdir, data, seed)`, returning itself with them resolved; one with a
+    schedule over the whole run defines `with_run_steps(steps)` (both called by `jetjax.objectives.prepare`).
     """
 
     encoder: Optional[nn.Module]
@@ -78,3 +81,24 @@ class ViewObjective(nn.Module):
         """(the stacked views of `batch`, the encoder's output on them)."""
         stacked = stack_views(self.make_views(key, batch, train))
         return stacked, encode(self.encoder, stacked, train, plan)
+
+
+class MomentumCopies:
+    """Mixin of the objectives that keep momentum (EMA) copies of their submodules (MoCo's keys, JEPA's
+    targets), in their 'momentum' variable collection (TrainState.extra: checkpointed, resumed)."""
+
+    def momentum_copy(self, online, name, momentum, train, *args, changes=None, **kwargs):
+        """`online` (a submodule already called) run again with its momentum copy's variables, kept under
+        `name`: parameters the EMA of `online`'s (updated first in training steps, `momentum` a float or a
+        traced schedule value), BatchNorm statistics its own. `changes`: fields of `online` the copy runs
+        with instead (e.g. no dropout)."""
+        params = self.variable("momentum", f"{name}_params", lambda: online.variables["params"])
+        stats = self.variable("momentum", f"{name}_batch_stats", lambda: online.variables.get("batch_stats", {}))
+        if train:
+            params.value = ema.ema_update(params.value, online.variables["params"], momentum)
+        out, new = online.clone(parent=None, **(changes or {})).apply(
+            {"params": params.value, "batch_stats": stats.value}, *args, train=train, mutable=["batch_stats"],
+            rngs={"dropout": self.make_rng("dropout")} if train else {}, **kwargs)
+        if train:
+            stats.value = new["batch_stats"]
+        return out

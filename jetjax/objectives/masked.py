@@ -18,6 +18,17 @@ def choose_masked(key, mask, fraction):
     return augment.random_real_subset(key, mask, jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True)))
 
 
+def choose_block(key, mask, deta, dphi, fraction):
+    """floor(fraction * n) real particles per jet forming one block in (deta, dphi): those nearest to a real
+    particle of the jet drawn uniformly at random (itself included), the point-cloud analogue of I-JEPA's
+    block masking. deta, dphi (B, P) are about the jet axis, so within a jet no phi wrap arises."""
+    count = jnp.floor(fraction * jnp.sum(mask, axis=1, keepdims=True))
+    centre = augment.random_real_subset(key, mask, jnp.ones_like(count))
+    at_centre = lambda x: jnp.sum(jnp.where(centre, x, 0.0), axis=1, keepdims=True)
+    distance = jnp.where(mask, (deta - at_centre(deta)) ** 2 + (dphi - at_centre(dphi)) ** 2, jnp.inf)
+    return mask & (jnp.argsort(jnp.argsort(distance, axis=1), axis=1) < count)
+
+
 class MaskedParticleModel(nn.Module, EncoderLengths):
     """MPM with continuous targets (module docstring): `target_channels` regressed, the particle ID classified
     when `with_pid`."""

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from jetjax import augment, losses, momentum
 from jetjax.models.heads import MLPHead
-from jetjax.objectives.base import ViewObjective, per_view
+from jetjax.objectives.base import MomentumCopies, ViewObjective, per_view
 
 
 def representation_std(z_views):
@@ -67,7 +67,7 @@ class SimSiam(ViewObjective):
         return loss, with_monitors(metrics, out["z"], size), {"z": per_view(out["z"], size)[:, 0]}
 
 
-class MoCo(ViewObjective):
+class MoCo(ViewObjective, MomentumCopies):
     """MoCo: queries from the encoder, `projection` and (when `predictor_hidden` > 0, MoCo v3) a predictor; keys
     from the momentum copy of encoder and projection, updated by EMA with `momentum` before the keys are
     computed, as in MoCo; loss = mean over the two directions of `losses.infonce` (view 1's query against
@@ -81,20 +81,6 @@ class MoCo(ViewObjective):
     projection: tuple = (256, 256, 128)
     predictor_hidden: int = 256
 
-    def momentum_copy(self, online, name, train, *args, **kwargs):
-        """`online` (a submodule already called) run again with its momentum copy's variables, kept in the
-        'momentum' collection under `name`: parameters the EMA of `online`'s, BatchNorm statistics its own."""
-        params = self.variable("momentum", f"{name}_params", lambda: online.variables["params"])
-        stats = self.variable("momentum", f"{name}_batch_stats", lambda: online.variables.get("batch_stats", {}))
-        if train:
-            params.value = momentum.ema_update(params.value, online.variables["params"], self.momentum)
-        out, new = online.clone(parent=None).apply(
-            {"params": params.value, "batch_stats": stats.value}, *args, train=train, mutable=["batch_stats"],
-            rngs={"dropout": self.make_rng("dropout")} if train else {}, **kwargs)
-        if train:
-            stats.value = new["batch_stats"]
-        return out
-
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         size = batch["mask"].shape[0]
@@ -103,9 +89,9 @@ class MoCo(ViewObjective):
         queries = projector(out["z"], train)
         if self.predictor_hidden:
             queries = MLPHead((self.predictor_hidden, self.projection[-1]), name="predictor")(queries, train)
-        key_z = self.momentum_copy(self.encoder, "encoder", train, stacked["features"], stacked["vectors"],
-                                   stacked["mask"], plan=plan)["z"]
-        keys = self.momentum_copy(projector, "projection", train, key_z)
+        key_z = self.momentum_copy(self.encoder, "encoder", self.momentum, train, stacked["features"],
+                                   stacked["vectors"], stacked["mask"], plan=plan)["z"]
+        keys = self.momentum_copy(projector, "projection", self.momentum, train, key_z)
         queue = self.negatives(keys, train)
         q, k = per_view(queries, size), per_view(keys, size)
         loss_12, metrics_12 = losses.infonce(q[:, 0], k[:, 1], queue, self.temperature)
