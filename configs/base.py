@@ -66,6 +66,8 @@ def get_config():
     c.compile = defaults.new_section("compile")  # JAX's persistent compilation cache ("": $JAX_COMPILATION_CACHE_DIR
                                                  # or ~/.cache/jetjax/xla; jetjax/compilation.py)
     c.knn = defaults.new_section("knn")          # pretraining: kNN probe at each validation (jetjax/knn_validation.py)
+    c.regression = defaults.new_section("regression")  # target: a jet column or 'a/b' to regress instead of the
+                                                       # class (jetjax/regression.py); loss mse | huber
     c.evaluate = ml_collections.ConfigDict(dict(
         run=config_dict.placeholder(str),         # evaluate mode: the workdir of the run (default: --workdir)
         embeddings=5000,                          # jets whose embeddings are saved with the predictions

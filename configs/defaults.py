@@ -22,6 +22,9 @@ def _sections():
         "probe": dict(c_grid=(0.01, 0.1, 1.0, 10.0, 100.0), max_iterations=1000),
         # XLA's programs: JAX's persistent compilation cache and its folder (jetjax/compilation.py)
         "compile": dict(cache=True, cache_dir=""),
+        # a regression task instead of classification: the target jet column or 'a/b' ratio, the loss on the
+        # standardised target (jetjax/regression.py)
+        "regression": dict(target="", loss="mse", huber_delta=1.0),
     }
 
 

@@ -2,6 +2,7 @@
 (`data_settings`), the shapes to initialise with (`example_batch`), the micro batch of a compiled step, and a
 pretrained encoder loaded into a fresh state (`load_encoder`). Used by every mode (jetjax/train.py, probe.py,
 evaluation.py, predict.py, study.py)."""
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import defaults
-from jetjax import checks, devices, finetune, objectives
+from jetjax import checks, devices, finetune, objectives, regression
 from jetjax.checkpoint import best_checkpoint
 from jetjax.data import pipeline, synthetic
 from jetjax.data.classes import task_scheme
@@ -59,7 +60,8 @@ def data_settings(config, workdir):
                          "(or set data.synthetic_jets_per_group to generate synthetic jets)")
     return dict(root=str(root), scheme=task_scheme(config.data), feature_set=config.data.feature_set,
                 num_particles=config.data.num_particles, skip_bad_files=config.data.skip_bad_files,
-                file_format=config.data.format, column_map=pipeline.column_map(config.data))
+                file_format=config.data.format, column_map=dataclasses.replace(
+                    pipeline.column_map(config.data), target=regression.target_columns(config)))
 
 
 def example_batch(config, batch_size):
@@ -67,7 +69,7 @@ def example_batch(config, batch_size):
     b, p, c = batch_size, config.data.num_particles, len(FEATURE_SETS[config.data.feature_set])
     return {"features": np.zeros((b, p, c), np.float32), "vectors": np.zeros((b, p, 4), np.float32),
             "mask": np.zeros((b, p), bool), "label": np.zeros((b,), np.int32), "pid": np.zeros((b, p), np.int32),
-            "jet": np.zeros((b, 4), np.float32)}
+            "jet": np.zeros((b, 4), np.float32), "target": np.zeros((b,), np.float32)}
 
 
 def overlaid(ours, theirs):

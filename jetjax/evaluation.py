@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 
 from configs import defaults
-from jetjax import metrics, parallel, report
+from jetjax import metrics, parallel, regression, report
 from jetjax.build import build_model, data_settings, micro_batch_size
 from jetjax.checkpoint import best_checkpoint
 from jetjax.data import pipeline
@@ -35,7 +35,8 @@ def evaluate(config, workdir):
     """The best checkpoint of the classifier run in `config.evaluate.run` (default `workdir`) on the natural
     test stream: writes predictions.npz (scores, labels, embeddings of the first jets), metrics.json and
     the study's tables (tables.md, the Markdown summary, and each table as .md/.csv/.json) into that run's
-    `evaluation/` folder, and returns the metrics."""
+    `evaluation/` folder, and returns the metrics; for a regression task, its figures and response plot
+    (`regression.write_evaluation`)."""
     run = Path(config.evaluate.run or workdir)
     mesh = parallel.data_mesh()
     run_config, model, state = trained_classifier(run, mesh, "evaluate.run")
@@ -47,16 +48,21 @@ def evaluate(config, workdir):
     result = run_eval(state, make_eval_step(model), Feeder(model, mesh, run_config.data.num_particles, layout),
                       pipeline.test_batches(**data, batch_size=batch_size), batch_size, layout.eval_window,
                       keep_embeddings=config.evaluate.embeddings)
+    saved = json.loads((run / "config.json").read_text())
+    title = defaults.value(saved, "evaluate.title") or run_title(saved)
+    out = run / "evaluation"
+    if "predictions" in result:  # a regression task (jetjax/regression.py)
+        if parallel.is_main_process():
+            out.mkdir(exist_ok=True)
+            return regression.write_evaluation(out, title, result, scheme.names)
+        return regression.resolution_metrics(result["predictions"], result["targets"], result["labels"], scheme.names)
     values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=scheme.background)
     if not parallel.is_main_process():
         return values
-    out = run / "evaluation"
     out.mkdir(exist_ok=True)
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),
                         labels=result["labels"], embeddings=result.get("embeddings", np.zeros((0,))))
     metrics.write_json(out / "metrics.json", values)
-    saved = json.loads((run / "config.json").read_text())
-    title = defaults.value(saved, "evaluate.title") or run_title(saved)
     print(report.write_tables({title: values}, out, titles=dict(zip(scheme.names, scheme.titles))))
     return values
 

@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jetjax import build, checkpoint, finetune
+from jetjax import build, checkpoint, finetune, regression
 from jetjax.data.classes import task_scheme
 from jetjax.data.features import FEATURE_SETS, JET_PT_GEV, STANDARDISATION
 from jetjax.models.convert import WEAVER_VERSIONS, save_state_dict, to_state_dict
@@ -70,6 +70,10 @@ def load_run(run):
     run's objective and its parameters and BatchNorm statistics from the best checkpoint."""
     restored = checkpoint.best_checkpoint(run, "--run")
     config = ml_collections.ConfigDict(json.loads((Path(run) / "config.json").read_text()))
+    if regression.target_columns(config):
+        raise ValueError(f"{run} is a regression run (config.regression.target={config.regression.target!r}); export "
+                         "writes classifiers and encoders: export its encoder from the pretraining run, or use "
+                         "mode 'predict' for its predictions")
     encoder = build.build_model(config).encoder
     variables = {"params": restored["params"]["encoder"],
                  "batch_stats": restored.get("batch_stats", {}).get("encoder", {})}

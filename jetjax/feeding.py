@@ -135,17 +135,17 @@ def eval_stream(batches, batch_size, window):
 
 def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddings=0):
     """Mean metrics over `batches` (global batches of at most `batch_size` jets) and, for classifiers, the
-    softmax scores and labels of every jet and the first `keep_embeddings` representations, all in the
-    stream's order. Jets are grouped by multiplicity within windows of `window` batches
-    (pipeline.grouped_by_length) so that most batches land in small slot buckets; results are fetched from
+    softmax scores and labels of every jet (regression heads: `predictions` and `targets`) and the first
+    `keep_embeddings` representations, all in the stream's order. Jets are grouped by multiplicity within
+    windows of `window` batches (pipeline.grouped_by_length) so that most batches land in small slot buckets; results are fetched from
     the devices once per window. With several processes, each computes its share of every batch and every
     process returns the whole result."""
     sums, count, parts, labels, pending = {}, 0, [], [], []
 
     def fetch():
         nonlocal count
-        results = parallel.fetch_global([result for result, _, _ in pending])
-        for (metrics, outputs), (_, position, label) in zip(results, pending):
+        results = parallel.fetch_global([result for result, *_ in pending])
+        for (metrics, outputs), (_, position, label, target) in zip(results, pending):
             real = position >= 0
             labels.append(label[real])
             n = int(real.sum())
@@ -155,6 +155,8 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
             part = {"position": position[real]}
             if "logits" in outputs:
                 part["scores"] = softmax(outputs["logits"][real])
+            if "prediction" in outputs:
+                part.update(predictions=outputs["prediction"][real], targets=target[real])
             kept = real & (position < keep_embeddings)
             part["embeddings"] = outputs["z"][kept]
             part["embedding_position"] = position[kept]
@@ -163,7 +165,7 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
 
     stream = eval_stream(batches, batch_size, window)
     for device_batch, plan, batch in feeder(stream):
-        pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"]))
+        pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"], batch["target"]))
         if feeder.sync_each_step:
             jax.block_until_ready(pending[-1][0])
         if len(pending) == window:
@@ -173,8 +175,9 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
     order = np.argsort(position)
     result = {"metrics": {k: v / max(count, 1) for k, v in sums.items()},
               "labels": np.concatenate(labels)[order]}
-    if "scores" in parts[0]:
-        result["scores"] = np.concatenate([p["scores"] for p in parts])[order]
+    for key in ("scores", "predictions", "targets"):
+        if key in parts[0]:
+            result[key] = np.concatenate([p[key] for p in parts])[order]
     if keep_embeddings:
         embedding_order = np.argsort(np.concatenate([p["embedding_position"] for p in parts]))
         result["embeddings"] = np.concatenate([p["embeddings"] for p in parts])[embedding_order]

@@ -19,11 +19,14 @@
 linear probe 0.84 / 0.88; docs/efficiency.md), `optimizer.learning_rate` otherwise. Frozen parameters and
 BatchNorm statistics stay bit-identical (optim.freeze, eval mode).
 """
+from typing import Optional
+
 import flax.linen as nn
 import jax
 
 from configs import defaults
-from jetjax import losses, objectives, optim
+from jetjax import objectives, optim, regression
+from jetjax.objectives.supervised import TaskHead, task_outputs
 from jetjax.models.heads import BlockMixClassifier
 from jetjax.models.layers import LORA_TARGETS
 
@@ -47,7 +50,7 @@ def settings(config):
     return values
 
 
-class Adapted(nn.Module, objectives.EncoderLengths):
+class Adapted(nn.Module, objectives.EncoderLengths, TaskHead):
     """Frozen encoder + adapter (module docstring): the encoder always runs in eval mode behind a stop_gradient."""
 
     encoder: nn.Module
@@ -56,31 +59,33 @@ class Adapted(nn.Module, objectives.EncoderLengths):
     head_hidden: int = 256
     head_dropout: float = 0.1
     label_smoothing: float = 0.0
+    task: Optional[regression.TargetScale] = None
 
     @nn.compact
     def __call__(self, batch, key, step=0, train=False, plan=None):
         out = objectives.encode(self.encoder, batch, False, plan, block_outputs=True)
         adapter = BlockMixClassifier(self.num_classes, self.head, self.head_hidden, self.head_dropout, name="adapter")
         logits = adapter(jax.lax.stop_gradient(out["blocks"]), train)
-        loss, metrics = losses.cross_entropy(logits, batch["label"], self.label_smoothing)
-        return loss, metrics, {"z": out["z"], "logits": logits}
+        loss, metrics, outputs = task_outputs(self, logits, batch, self.task, self.label_smoothing)
+        return loss, metrics, {"z": out["z"], **outputs}
 
 
 def classifier(config, encoder_class, model_settings, num_classes):
     """The classifier objective of a supervised / finetune / probe / evaluate run: `encoder_class(**model_settings)`
-    (ParT) with a head, or without one under an adapter."""
-    values = settings(config)
-    method = values.method
+    (ParT) with a head, or without one under an adapter; on a regression task (jetjax/regression.py) the head
+    has one output."""
+    values, task = settings(config), regression.task(config)
+    method, num_classes = values.method, 1 if task else num_classes
     if method == "adapter":
         return Adapted(encoder_class(num_classes=None, **model_settings), num_classes, model_settings["head"],
-                       model_settings["head_hidden"], model_settings["head_dropout"])
+                       model_settings["head_hidden"], model_settings["head_dropout"], task=task)
     if method == "lora":
         model_settings = {**model_settings, "lora_rank": values.lora_rank, "lora_alpha": values.lora_alpha,
                           "lora_targets": tuple(values.lora_targets)}
     encoder = encoder_class(num_classes=num_classes, **model_settings)
     unfrozen = {"last_k": values.unfreeze_blocks, "lora": encoder.num_layers}.get(method)
     encoder.first_trained_block(unfrozen)  # a wrong unfreeze_blocks fails here, before any work
-    return objectives.Supervised(encoder, unfrozen_blocks=unfrozen)
+    return objectives.Supervised(encoder, unfrozen_blocks=unfrozen, task=task)
 
 
 def optimizer_settings(config, num_layers):

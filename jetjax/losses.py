@@ -357,3 +357,16 @@ def latent_regression(pred, target, masked, loss="smooth_l1", beta=1.0):
     pred = jax.lax.stop_gradient(jnp.where(masked[..., None], _f32(pred), 0.0))
     return value, {"latent_loss": value, "target_std": _masked_std(jnp.where(masked[..., None], target, 0.0), masked),
                    "prediction_std": _masked_std(pred, masked), "masked_particles": jnp.sum(masked).astype(jnp.float32)}
+
+
+def regression(pred, target, loss="mse", delta=1.0):
+    """A regression head's loss on standardised targets: pred, target (B,); the mean squared error
+    (`loss="mse"`) or the Huber loss with threshold `delta` (`loss="huber"`: quadratic within delta, linear
+    beyond, torch's `huber_loss`). Metrics: the loss under its name and `rmse` (of the standardised target)."""
+    if loss not in ("mse", "huber") or not delta > 0:
+        raise ValueError(f"regression: loss {loss!r} must be 'mse' or 'huber' with delta > 0 (got {delta})")
+    diff = _f32(pred) - _f32(target)
+    size = jnp.abs(diff)
+    error = diff * diff if loss == "mse" else jnp.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
+    value = jnp.mean(error)
+    return value, {loss: value, "rmse": jnp.sqrt(jnp.mean(diff * diff))}

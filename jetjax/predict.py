@@ -8,7 +8,8 @@ what differs in the new files in config.data.columns / .tree / .format, labels n
 through the engine's evaluation path (feeding.run_eval: Feeder, slot buckets, packed layouts), and each chunk is
 written as soon as it is scored, so neither input nor output is ever held whole. Output (parquet, or ROOT tree
 `predictions` via uproot when `out` ends in .root), one row per scored jet: `file` (the input path), `row` (the
-jet's row in that file), the `predict.carry` columns copied from the input, `score_<class>` (softmax) and, with
+jet's row in that file), the `predict.carry` columns copied from the input, `score_<class>` (softmax; a regression
+run's `prediction`, in the target's units, jetjax/regression.py) and, with
 `predict.embeddings`, the representation `z_0 ... z_{E-1}`.
 Jets the data stage drops (no particles, broken kinematics) have no row; they are counted in the report. A file
 that cannot be read (or lacks a column) is named in the report with the reason, and the others are scored; the
@@ -106,7 +107,10 @@ def chunk_predictions(chunk, scorer, scheme, embeddings):
     result = scorer(chunk)
     table = {"file": np.full(len(chunk), chunk.source), "row": chunk.jets[ROW]}
     table.update({k.removeprefix(CARRIED): v for k, v in chunk.jets.items() if k.startswith(CARRIED)})
-    table.update({f"score_{name}": result["scores"][:, k].astype(np.float32) for k, name in enumerate(scheme.names)})
+    if "predictions" in result:  # a regression task: the prediction in the target's units
+        table["prediction"] = result["predictions"].astype(np.float32)
+    else:
+        table.update({f"score_{name}": result["scores"][:, k].astype(np.float32) for k, name in enumerate(scheme.names)})
     if embeddings:
         table.update({f"z_{i}": z.astype(np.float32) for i, z in enumerate(result["embeddings"].T)})
     return table

@@ -24,7 +24,7 @@ import scipy.optimize
 
 from configs import defaults
 from jetjax import (build, checks, compilation, devices, evaluation, knn_validation, memory, metrics, objectives,
-                    parallel, steps, train)
+                    parallel, regression, steps, train)
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -111,6 +111,10 @@ def fit(config, workdir):
     devices.announce(model.encoder.dtype)
     if not config.train.init_from:
         raise ValueError("mode='probe' needs train.init_from, the workdir of a pretraining run")
+    if regression.target_columns(config):
+        raise ValueError(f"mode='probe' fits a logistic regression (classes); config.regression.target="
+                         f"{config.regression.target!r} asks for a regression task: use mode='finetune' with "
+                         "finetune.method='adapter' (a head on the frozen encoder) or 'full'")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_main_process():

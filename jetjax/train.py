@@ -21,7 +21,7 @@ from tensorboardX import SummaryWriter
 
 from configs import defaults
 from jetjax import (checks, compilation, devices, finetune, knn_validation, memory, metrics, objectives, optim,
-                    parallel, steps)
+                    parallel, regression, steps)
 from jetjax.build import CLASSIFIER_MODES, build_model, data_settings, example_batch, load_encoder, micro_batch_size
 from jetjax.checkpoint import Checkpoints
 from jetjax.data import pipeline
@@ -110,8 +110,8 @@ def say_read_again(report, sample, key):
 
 def selection_value(config, validation, class_names):
     """The validation quantity that selects the best checkpoint, and whether higher is better: the loss
-    (lower) for pretraining, the macro ROC-AUC (higher) for classifiers (the study's §2.2)."""
-    if config.mode == "pretrain":
+    (lower) for pretraining and regression tasks, the macro ROC-AUC (higher) for classifiers (the study's §2.2)."""
+    if config.mode == "pretrain" or "predictions" in validation:
         return "val_loss", validation["metrics"]["loss"], False
     return "val_macro_auc", metrics.macro_roc_auc(validation["scores"], validation["labels"], class_names), True
 
@@ -193,7 +193,8 @@ def assemble(config, workdir, model):
         **data, batch_size=batch_size, epoch_size=config.data.epoch_size, seed=config.seed, report=report,
         length_window=config.data.length_grouping, workers=config.data.workers,
         label_budget=defaults.value(config, "data.label_budget"), label_seed=config.seed)
-    model = objectives.prepare(model, workdir, data, config.seed, config.train.epochs * sampler.batches_per_epoch)
+    model = objectives.prepare(model, workdir, data, config.seed, config.train.epochs * sampler.batches_per_epoch,
+                               itertools.islice(sampler.batches(0), regression.SCALE_BATCHES))  # read if needed
     tx = steps.accumulated(optim.make_optimizer(config.train.epochs * sampler.batches_per_epoch // accumulate,
                                                 **config.optimizer,
                                                 **finetune.optimizer_settings(config, config.model.num_layers)),
@@ -272,6 +273,9 @@ def validate(run):
                           run.layout.eval_window)
     class_names = task_scheme(run.config.data).names
     name, value, higher_is_better = selection_value(run.config, validation, class_names)
+    if "predictions" in validation:
+        figures = regression.summary(validation["predictions"], validation["targets"])
+        validation["metrics"].update({k: figures[k] for k in ("bias", "resolution")})
     if run.knn:
         embed_step, feeder, samples = run.knn
         embedded = [run_eval(run.state, embed_step, feeder, iter(sample), run.batch_size, run.layout.eval_window,

@@ -13,6 +13,8 @@ from configs.defaults import COLUMNS
 PARTICLE_VECTOR_COLUMNS = ("part_px", "part_py", "part_pz", "part_energy")
 JET_COLUMNS = ("jet_pt", "jet_eta", "jet_phi", "jet_energy")
 LABEL_COLUMN = "jet_label"
+TARGET = "target"
+"""The jet column of a chunk, and the batch key, holding a regression task's target (float64 in chunks)."""
 CONFIG_COLUMNS = COLUMNS
 """Every column a data config can map (config.data.columns): canonical name -> the files' name."""
 ROOT_TREE = "tree"
@@ -28,6 +30,9 @@ class ColumnMap:
     renamed: tuple = ()
     """(canonical, stored) pairs; other columns are stored under their canonical name."""
     tree: str = ROOT_TREE
+    target: tuple = ()
+    """A regression task's jet column, or (numerator, denominator) columns of a ratio (config
+    `regression.target`): read as stored, each chunk carries their value as its jet column TARGET."""
 
     def stored(self, name):
         return dict(self.renamed).get(name, name)
@@ -54,6 +59,8 @@ COUNTERS = {
     "particles_nonfinite_dropped": ("dropped", "particles with a non-finite four-vector component"),
     "particles_nonpositive_pt_dropped": ("dropped", "particles with pT <= 0"),
     "jets_empty_dropped": ("dropped", "jets with no particle (left)"),
+    "jets_bad_target_dropped": ("dropped", "jets whose regression target (config regression.target) is not finite, "
+                                           "e.g. a ratio with a zero denominator"),
     "jets_bad_kinematics_dropped": ("dropped", "jets whose four-vector is non-finite or has pT <= 0 or E <= 0"),
     "jets_read_again": ("drawn again", "jets read a second time within one epoch or validation sample: the "
                                        "sample asks for more jets of a file group than its files hold"),
@@ -139,6 +146,13 @@ class JetChunk:
                         self.raw_label)
 
 
+def target_values(columns, target):
+    """A regression target per jet (float64) from the jet `columns` read: the column `target[0]`, divided by
+    `target[1]` when there are two."""
+    values = np.asarray(columns[target[0]], np.float64)
+    return values / np.asarray(columns[target[1]], np.float64) if len(target) == 2 else values
+
+
 def concatenate_chunks(chunks, source="mixed"):
     """One JetChunk with the jets of several (same columns), in order."""
     chunks = list(chunks)
@@ -149,7 +163,8 @@ def concatenate_chunks(chunks, source="mixed"):
 
 
 def needed_columns(particle_columns, label_branches=(), column_map=DEFAULT_COLUMNS):
-    """Columns to read (canonical names): the particle columns, the jet four-vector columns, and the label
-    column(s); those `column_map` says the files lack are left out."""
-    names = tuple(particle_columns) + JET_COLUMNS + (tuple(label_branches) or (LABEL_COLUMN,))
+    """Columns to read (canonical names): the particle columns, the jet four-vector columns, the label
+    column(s) and a regression target's column(s); those `column_map` says the files lack are left out."""
+    names = tuple(dict.fromkeys(tuple(particle_columns) + JET_COLUMNS + (tuple(label_branches) or (LABEL_COLUMN,))
+                                + column_map.target))
     return tuple(n for n in names if column_map.stored(n))

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from jetjax import physics
-from jetjax.data.chunks import PARTICLE_VECTOR_COLUMNS
+from jetjax.data.chunks import PARTICLE_VECTOR_COLUMNS, TARGET
 
 JET_PT_GEV = 500.0
 """Every jet is rescaled to this pT."""
@@ -210,7 +210,8 @@ def to_batch(chunk, labels, feature_set, num_particles, report):
             "vectors": _pad(vectors, jet_index, slot, n, num_particles),
             "mask": _pad(np.ones(len(slot), bool), jet_index, slot, n, num_particles),
             "pid": _pad(pid, jet_index, slot, n, num_particles),
-            "label": np.asarray(labels, np.int32), "jet": jet}
+            "label": np.asarray(labels, np.int32), "jet": jet,
+            TARGET: np.asarray(chunk.jets.get(TARGET, np.zeros(n)), np.float32)}
 
 
 def _usable(chunk, report):
@@ -218,9 +219,11 @@ def _usable(chunk, report):
     jet = jet_vectors(chunk)
     empty = chunk.counts == 0
     bad = ~empty & ~(np.all(np.isfinite(jet), axis=1) & (physics.pt(jet) > 0) & (jet[:, 3] > 0))
+    bad_target = ~empty & ~bad & ~np.isfinite(chunk.jets.get(TARGET, 0.0))
     report.count("jets_empty_dropped", int(empty.sum()))
     report.count("jets_bad_kinematics_dropped", int(bad.sum()))
-    return ~(empty | bad)
+    report.count("jets_bad_target_dropped", int(bad_target.sum()))
+    return ~(empty | bad | bad_target)
 
 
 def _pad(values, jet_index, slot, num_jets, num_particles):

@@ -132,7 +132,7 @@ def column_map(data):
     return ColumnMap(renamed, data.get("tree", ROOT_TREE))
 
 
-MODEL_INPUTS = ("features", "vectors", "mask", "jet", "label", "pid")
+MODEL_INPUTS = ("features", "vectors", "mask", "jet", "label", "pid", "target")
 """The keys of a batch that models see (other keys, like a stream `position`, stay on the host)."""
 
 

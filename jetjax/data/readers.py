@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from jetjax.data import benchmarks
-from jetjax.data.chunks import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, DataError,
-                               JetChunk, MissingColumnError, needed_columns)
+from jetjax.data.chunks import (CONFIG_COLUMNS, DEFAULT_COLUMNS, JET_COLUMNS, LABEL_COLUMN, TARGET, DataError,
+                               JetChunk, MissingColumnError, needed_columns, target_values)
 from jetjax.data.features import FEATURE_SETS, KIN_TARGET_ONLY_COLUMNS, required_particle_columns
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -84,9 +84,10 @@ def _raw_labels(columns, label_branches, num_jets):
     return np.where(onehot.max(axis=-1) > 0, np.argmax(onehot, axis=-1), -1)
 
 
-def _make_chunk(path, flat, counts, columns, label_branches, particle_columns):
+def _make_chunk(path, flat, counts, columns, label_branches, particle_columns, target=()):
     """JetChunk from flat particle arrays (with their per-column counts) and per-jet columns; requested
-    particle columns the files lack (ColumnMap: kin's particle-ID columns) are zero."""
+    particle columns the files lack (ColumnMap: kin's particle-ID columns) are zero; with `target` columns
+    (ColumnMap.target) the chunk carries the regression target as jet column TARGET."""
     names = list(flat)
     for name in names[1:]:
         if not np.array_equal(counts[name], counts[names[0]]):
@@ -96,6 +97,8 @@ def _make_chunk(path, flat, counts, columns, label_branches, particle_columns):
     flat.update({n: np.zeros(size, np.int32 if n == "part_charge" else bool)
                  for n in particle_columns if n not in flat})
     jets = {k: np.asarray(columns[k]) for k in JET_COLUMNS if k in columns}
+    if target:
+        jets[TARGET] = target_values(columns, target)
     jet_counts = np.asarray(counts[names[0]], np.int64)
     return JetChunk(str(path), jet_counts, flat, jets, _raw_labels(columns, label_branches, len(jet_counts)))
 
@@ -120,7 +123,7 @@ def read_parquet_chunks(path, particle_columns, label_branches=(), chunk_size=40
                 counts[name] = np.diff(offsets)
             else:
                 scalars[name] = array.to_numpy(zero_copy_only=False)
-        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns)
+        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns, column_map.target)
 
 
 def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
@@ -139,7 +142,7 @@ def read_root_chunks(path, particle_columns, label_branches=(), chunk_size=4096,
         flat = {n: ak.to_numpy(ak.flatten(arrays[s])) for n, s in jagged.items()}
         counts = {n: ak.to_numpy(ak.num(arrays[s])) for n, s in jagged.items()}
         scalars = {n: ak.to_numpy(arrays[s]) for n, s in stored.items() if n not in jagged}
-        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns)
+        yield _make_chunk(path, flat, counts, scalars, label_branches, particle_columns, column_map.target)
 
 
 def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096, column_map=DEFAULT_COLUMNS):
@@ -152,6 +155,9 @@ def read_chunks(path, particle_columns, label_branches=(), chunk_size=4096, colu
     if suffix not in readers:
         raise DataError(f"{path}: unknown file format {suffix!r}; expected one of {FORMATS}")
     mapped = {"column_map": column_map} if suffix in (".parquet", ".root") else {}
+    if column_map.target and not mapped:
+        raise DataError(f"{path}: a regression target (config.regression.target) is read from a jet column of "
+                        f"parquet or ROOT files; {suffix} files of the benchmark formats have none")
     chunks = readers[suffix](path, particle_columns, label_branches, chunk_size, **mapped)
     while True:
         try:

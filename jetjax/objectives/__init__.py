@@ -51,11 +51,15 @@ def build(name, encoder, feature_set="kin", num_particles=128, **settings):
     return OBJECTIVES[name](encoder, feature_set, num_particles, **settings)
 
 
-def prepare(model, workdir, data, seed, train_steps=None):
+def prepare(model, workdir, data, seed, train_steps=None, first_batches=None):
     """`model` ready to train in `workdir` on the training data `data` (jetjax.data.pipeline settings) for
     `train_steps` steps: an objective whose targets come from outside the train step (MPM's token targets: a
     tokenizer run, K-means centroids fitted on training jets and kept in the workdir) resolves them here, one
-    with a schedule over the run (JEPA's momentum, `with_run_steps`) learns its length; the others are ready."""
+    with a schedule over the run (JEPA's momentum, `with_run_steps`) learns its length, a regression head
+    standardises its target with the run's `first_batches` (an iterator of batches, only read by such a head:
+    `with_training_batches`); the others are ready."""
     if hasattr(model, "prepare_targets"):
         model = model.prepare_targets(workdir, data, seed)
+    if hasattr(model, "with_training_batches") and first_batches is not None:
+        model = model.with_training_batches(first_batches)
     return model.with_run_steps(train_steps) if hasattr(model, "with_run_steps") and train_steps else model
