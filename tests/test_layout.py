@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jetjax import augment
-from jetjax.models.layout import LayoutPlan, bounded_plans, bounded_slots, fits, plan_layout, plan_slots, slot_bucket
+from jetjax.models.layout import LayoutPlan, bounded_plans, bounded_slots, fits, plan_layout, slot_bucket
 from jetjax.models.part import ParT
 
 TINY = dict(embed_dims=(16, 32, 16), pair_embed_dims=(8, 8), num_heads=2, num_layers=2, num_cls_layers=1,

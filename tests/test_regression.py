@@ -2,13 +2,11 @@
 read from the files' columns (real JetClass-II jets), bad targets dropped and counted, a run through the engine
 that learns the target and predicts it in its units (evaluate, predict), every fine-tuning method training a
 regression head, and the modes that cannot serve a regression run saying so."""
-import dataclasses
 import itertools
 import json
 
 import jax
 import numpy as np
-import optax
 import pyarrow.parquet as pq
 import pytest
 import scipy.stats

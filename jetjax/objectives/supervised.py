@@ -1,7 +1,6 @@
 """The classifier objective: the encoder with its classification head, cross-entropy (the ParT reference and
 the study's "Ours"; also every supervised, fine-tuning and evaluation run, jetjax/finetune.py). On a
 regression task (jetjax/regression.py) the same head has one output and regresses the standardised target."""
-import dataclasses
 from typing import Optional
 
 import flax.linen as nn
