@@ -14,7 +14,8 @@ OBJECTIVES = {
     "vicreg": dict(invariance=25.0, variance=25.0, covariance=1.0),
     "simsiam": dict(stop_gradient=True),
     "moco": dict(temperature=0.2, momentum=0.99, queue_size=0, predictor_hidden=256),
-    "jepa": dict(mask_fraction=0.3, masking="random", momentum=0.996, momentum_end=1.0, loss="smooth_l1"),
+    "jepa": dict(mask_fraction=0.3, masking="random", momentum=0.996, momentum_end=1.0, loss="smooth_l1",
+                 predictor_positions=True),
 }
 """Each pretraining objective's settings (keywords of jetjax.objectives.build; the rest keep its defaults)."""
 PRETRAIN_EPOCHS, FINETUNE_EPOCHS = 50, 20

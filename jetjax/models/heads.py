@@ -95,6 +95,8 @@ class MaskedParticleDecoder(nn.Module):
     which particle to reconstruct. A few ParT blocks without pair bias run over all real slots, then linear
     heads predict the masked particles' features and (optionally) their 8-class particle ID. There is one
     null token per possible particle (`max_particles`, the config's P), whatever slot count a batch has.
+    With `positions` (B, P, n) given, each null token also gets a linear map of its particle's position (JEPA's
+    predictor: I-JEPA's mask tokens carry the positional embedding of their target).
     """
 
     num_features: int
@@ -105,12 +107,15 @@ class MaskedParticleDecoder(nn.Module):
     num_pid_classes: int = 8
 
     @nn.compact
-    def __call__(self, tokens, mask, masked, train: bool = False):
+    def __call__(self, tokens, mask, masked, train: bool = False, positions=None):
         slots = tokens.shape[1]
         null_tokens = self.param("null_tokens", nn.initializers.normal(1e-3), (self.max_particles, self.width))
         order = jnp.clip(jnp.cumsum(masked, axis=1) - 1, 0, slots - 1)
+        queries = null_tokens[order]
+        if positions is not None:
+            queries = queries + nn.Dense(self.width, kernel_init=torch_linear_init, name="position")(positions)
         x = nn.Dense(self.width, kernel_init=torch_linear_init, name="project")(tokens)
-        x = jnp.where(masked[..., None], null_tokens[order], x)
+        x = jnp.where(masked[..., None], queries, x)
         x = jnp.where(mask[..., None], x, 0.0)
         for i in range(self.num_layers):
             x = Block(self.num_heads, "gelu", 4.0, 0.0, 0.0, 0.0, 0.0, None, jnp.float32, name=f"blocks_{i}")(

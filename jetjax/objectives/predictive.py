@@ -8,8 +8,9 @@ reconstruction of input features, no negatives. The targets are layer-normalised
 (`losses.latent_regression`); the target encoder follows the context encoder with a momentum rising linearly
 from `momentum` to `momentum_end` over the run (I-JEPA's 0.996 -> 1), runs without dropout and keeps BatchNorm
 statistics of its own. The predictor is MPM's decoder (`MaskedParticleDecoder`: visible tokens plus one
-learned token per masked particle, a few transformer blocks) with the token width as output, so that JEPA and
-MPM differ only in what the masked particles are asked to match.
+learned token per masked particle, a few transformer blocks) with the token width as output; its token of a
+masked particle also carries the particle's (deta, dphi) (`predictor_positions`), as I-JEPA's mask tokens carry
+their target's position: the latent of a particle is asked for at a place in the jet, not by rank alone.
 """
 import flax.linen as nn
 import jax.numpy as jnp
@@ -33,7 +34,9 @@ def momentum_at(step, start, end, steps):
 class JEPA(nn.Module, EncoderLengths, MomentumCopies):
     """JEPA (module docstring). `masking`: 'random' (floor(mask_fraction * n) real particles uniformly) or
     'block' (as many nearest in (deta, dphi) to a random particle of the jet, `masked.choose_block`);
-    `block_channels`: the positions of deta and dphi among the input features. `momentum_steps`: steps of the
+    `block_channels`: the positions of deta and dphi among the input features; `predictor_positions`: the
+    predictor's token of each masked particle also carries its (deta, dphi), as I-JEPA's mask tokens carry
+    their target's position (False: only its rank among the masked particles, as MPM's decoder). `momentum_steps`: steps of the
     momentum schedule, 0 for the whole run (set by `jetjax.objectives.prepare`). `loss`, `beta`: see
     `losses.latent_regression`."""
 
@@ -51,13 +54,18 @@ class JEPA(nn.Module, EncoderLengths, MomentumCopies):
     predictor_width: int = 64
     predictor_layers: int = 2
     predictor_heads: int = 4
+    predictor_positions: bool = True
+
+    def positions(self, batch):
+        """(B, P, 2) deta, dphi of every particle: where in the jet each masked particle is."""
+        return batch["features"][..., jnp.asarray(self.block_channels)]
 
     def choose(self, key, batch):
         if self.masking == "random":
             return choose_masked(key, batch["mask"], self.mask_fraction)
         if self.masking == "block":
-            deta, dphi = (batch["features"][..., c] for c in self.block_channels)
-            return choose_block(key, batch["mask"], deta, dphi, self.mask_fraction)
+            position = self.positions(batch)
+            return choose_block(key, batch["mask"], position[..., 0], position[..., 1], self.mask_fraction)
         raise ValueError(f"objective.masking={self.masking!r}: choose one of {MASKINGS}")
 
     @nn.compact
@@ -66,7 +74,8 @@ class JEPA(nn.Module, EncoderLengths, MomentumCopies):
         out = encode(self.encoder, batch, train, plan, mask=batch["mask"] & ~masked)
         predictor = MaskedParticleDecoder(self.token_width, self.max_particles, self.predictor_width,
                                           self.predictor_layers, self.predictor_heads, 0, name="predictor")
-        pred = predictor(out["tokens"], batch["mask"], masked, train=train)["features"]
+        positions = self.positions(batch) if self.predictor_positions else None
+        pred = predictor(out["tokens"], batch["mask"], masked, train=train, positions=positions)["features"]
         momentum = momentum_at(step, self.momentum, self.momentum_end, self.momentum_steps)
         targets = self.momentum_copy(self.encoder, "encoder", momentum, train, batch["features"], batch["vectors"],
                                      batch["mask"], changes=NO_DROPOUT, plan=plan)["tokens"]
