@@ -165,7 +165,7 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
 
     stream = eval_stream(batches, batch_size, window)
     for device_batch, plan, batch in feeder(stream):
-        pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"], batch["target"]))
+        pending.append((eval_step(state, device_batch, plan), batch["position"], batch["label"], batch.get("target")))
         if feeder.sync_each_step:
             jax.block_until_ready(pending[-1][0])
         if len(pending) == window:

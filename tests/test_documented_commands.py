@@ -1,4 +1,4 @@
-"""The `python -m jetjax.main` commands of README.md, docs/efficiency.md and docs/reuse.md parse as written: every
+"""The `python -m jetjax.main` commands of README.md and docs/ (efficiency, reuse, regression) parse as written: every
 --config.* override exists and has the right type on the config it names (as jetjax.main parses them: a locked
 config), and the run or study plan builds (each stage's model). Running them is the other tests' job; this
 catches a documented override that fails before any work (an AttributeError, a misspelt key)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCUMENTS = ("README.md", "docs/efficiency.md", "docs/reuse.md")
+DOCUMENTS = ("README.md", "docs/efficiency.md", "docs/reuse.md", "docs/regression.md")
 
 PLAN = """
 import sys
