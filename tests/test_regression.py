@@ -15,7 +15,7 @@ from configs import predict as predict_config
 from conftest import shared_path, toy_jets
 from jetjax import build, checkpoint, export, finetune, losses, optim, physics, predict, probe, regression, train
 from jetjax.data import features, pipeline
-from jetjax.data.chunks import ColumnMap, DataError, DataReport, JetChunk
+from jetjax.data.chunks import ColumnMap, DataError, DataReport, JetChunk, MissingColumnError
 from jetjax.data.classes import get_scheme
 from jetjax.data.readers import read_chunks
 from jetjax.steps import init_state, make_train_step
@@ -83,6 +83,12 @@ def test_the_target_is_read_from_the_files_as_a_column_or_a_ratio():
         batches = pipeline.test_batches(files=[str(path)], batch_size=16, column_map=ColumnMap(target=target))
         got = np.concatenate([b["target"] for b in batches])
         np.testing.assert_allclose(got, np.asarray(expected, np.float32), rtol=1e-6)
+
+
+def test_a_target_column_the_files_lack_is_named_with_its_config_key():
+    path = shared_path("data", "jetclass2_example", "JetClassII_example.parquet")
+    with pytest.raises(MissingColumnError, match=r"'jet_mass' \(config.regression.target\)"):
+        next(read_chunks(path, ("part_px",), column_map=ColumnMap(target=("jet_mass", "jet_pt"))))
 
 
 def test_jets_with_a_non_finite_target_are_dropped_and_counted():

@@ -150,7 +150,10 @@ def target_values(columns, target):
     """A regression target per jet (float64) from the jet `columns` read: the column `target[0]`, divided by
     `target[1]` when there are two."""
     values = np.asarray(columns[target[0]], np.float64)
-    return values / np.asarray(columns[target[1]], np.float64) if len(target) == 2 else values
+    if len(target) == 1:
+        return values
+    with np.errstate(divide="ignore", invalid="ignore"):  # a zero denominator: not finite, dropped and counted
+        return values / np.asarray(columns[target[1]], np.float64)
 
 
 def concatenate_chunks(chunks, source="mixed"):

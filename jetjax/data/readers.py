@@ -57,8 +57,9 @@ def _stored_columns(path, particle_columns, label_branches, column_map, availabl
 def _missing_column_error(path, missing, stored, available, column_map):
     """The error for columns a file lacks: each stored name with its config key, and the feature sets that
     would work with this file."""
-    named = ", ".join(f"{stored[n]!r} (config.data.columns.{n})" if n in CONFIG_COLUMNS else repr(stored[n])
-                      for n in missing)
+    keys = {**{n: f"config.data.columns.{n}" for n in CONFIG_COLUMNS},
+            **dict.fromkeys(column_map.target, "config.regression.target")}
+    named = ", ".join(f"{stored[n]!r} ({keys[n]})" if n in keys else repr(stored[n]) for n in missing)
     workable = []
     for feature_set in FEATURE_SETS:
         lacking = [c for c in required_particle_columns(feature_set) if column_map.stored(c) not in available]
