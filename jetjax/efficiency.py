@@ -33,7 +33,7 @@ from pathlib import Path
 import ml_collections
 import numpy as np
 
-from jetjax import metrics, study
+from jetjax import metrics, regression, study
 from jetjax.data import pipeline
 from jetjax.report import HEADLINE_METRICS as METRICS, format_value, pipe_table, pyplot, write_csv
 
@@ -76,6 +76,7 @@ def pretrain_config(config):
 def stages(config, workdir):
     """[(stage name, (method, budget, seed) or None for the pretraining run, run config)] in running order."""
     _check_settings(config)
+    regression.refuse_in_study(config)
     eff, workdir = config.efficiency, Path(workdir)
     reuses = any(METHODS[m][0] != "supervised" for m in eff.methods)
     result = []

@@ -49,6 +49,15 @@ def target_columns(config):
     return columns
 
 
+def refuse_in_study(config):
+    """A clear error where a study of classifiers (study, efficiency, scaling: compared by macro AUC) is asked
+    to run a regression task."""
+    if target_columns(config):
+        raise ValueError(f"config.mode={config.mode!r} compares classifiers (macro AUC), but config.regression.target="
+                         f"{defaults.section(config, 'regression').target!r} asks for a regression task: run its "
+                         "stages as supervised / finetune runs (docs/regression.md), or unset regression.target")
+
+
 def task(config):
     """The TargetScale (mean 0, std 1 until the data give them) of a regression run, None for classification."""
     if not target_columns(config):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from configs import sizes
-from jetjax import metrics, study
+from jetjax import metrics, regression, study
 from jetjax.checkpoint import stored_record
 from jetjax.data.features import FEATURE_SETS
 from jetjax.models.sizes import encoder_parameters
@@ -45,6 +45,7 @@ def _check_settings(config):
 def stages(config, workdir):
     """[(stage name, size for a fine-tuning run or None for a pretraining run, run config)] in running order."""
     _check_settings(config)
+    regression.refuse_in_study(config)
     scaling, result = config.scaling, []
     for size in scaling.sizes:
         pretrain = sizes.with_size(study.run_config(config, "pretrain", scaling.pretrain_epochs), size)

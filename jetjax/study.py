@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jetjax import build, checkpoint, metrics, optim, probe, report, train
+from jetjax import build, checkpoint, metrics, optim, probe, regression, report, train
 from jetjax.checkpoint import stored_record
 from jetjax.data import pipeline
 from jetjax.data.classes import task_scheme
@@ -64,6 +64,7 @@ def run_config(config, mode, epochs):
 def stages(config, workdir):
     """[(stage name, table row or None for a pretraining run, run config)] in the order they run."""
     study, workdir = config.study, Path(workdir)
+    regression.refuse_in_study(config)
     for key, names, known in (("study.supervised", study.supervised, SUPERVISED),
                               ("study.objectives", study.objectives, OBJECTIVES)):
         for name in names:

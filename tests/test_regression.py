@@ -2,6 +2,7 @@
 read from the files' columns (real JetClass-II jets), bad targets dropped and counted, a run through the engine
 that learns the target and predicts it in its units (evaluate, predict), every fine-tuning method training a
 regression head, and the modes that cannot serve a regression run saying so."""
+import importlib
 import itertools
 import json
 
@@ -13,7 +14,8 @@ import scipy.stats
 
 from configs import predict as predict_config
 from conftest import shared_path, toy_jets
-from jetjax import build, checkpoint, export, finetune, losses, optim, physics, predict, probe, regression, train
+from jetjax import (build, checkpoint, efficiency, export, finetune, losses, optim, physics, predict, probe, regression,
+                    scaling, study, train)
 from jetjax.data import features, pipeline
 from jetjax.data.chunks import ColumnMap, DataError, DataReport, JetChunk, MissingColumnError
 from jetjax.data.classes import get_scheme
@@ -164,6 +166,15 @@ def test_predict_writes_the_same_predictions(trained, tmp_path):
     saved = np.load(workdir / "evaluation" / "predictions.npz")
     task = np.isin(table.jet_label, [r for k in get_scheme("jetclass2_7").classes for r in k.raw_labels])
     np.testing.assert_allclose(table.prediction[task], saved["predictions"], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["study_quickstart", "efficiency_quickstart", "scaling_quickstart"])
+def test_the_studies_of_classifiers_refuse_a_regression_task(name, tmp_path):
+    c = importlib.import_module(f"configs.{name}").get_config()
+    c.regression.target = "jet_sdmass/jet_pt"
+    runner = {"study": study, "efficiency": efficiency, "scaling": scaling}[c.mode]
+    with pytest.raises(ValueError, match="compares classifiers"):
+        runner.stages(c, tmp_path)
 
 
 def test_probe_and_export_refuse_a_regression_run(trained, tmp_path):

@@ -32,18 +32,19 @@ def momentum_at(step, start, end, steps):
 
 
 class JEPA(nn.Module, EncoderLengths, MomentumCopies):
-    """JEPA (module docstring). `masking`: 'random' (floor(mask_fraction * n) real particles uniformly) or
-    'block' (as many nearest in (deta, dphi) to a random particle of the jet, `masked.choose_block`);
-    `block_channels`: the positions of deta and dphi among the input features; `predictor_positions`: the
-    predictor's token of each masked particle also carries its (deta, dphi), as I-JEPA's mask tokens carry
-    their target's position (False: only its rank among the masked particles, as MPM's decoder). `momentum_steps`: steps of the
-    momentum schedule, 0 for the whole run (set by `jetjax.objectives.prepare`). `loss`, `beta`: see
-    `losses.latent_regression`."""
+    """JEPA (module docstring).
+
+    `masking`: 'random' (floor(mask_fraction * n) real particles uniformly) or 'block' (as many nearest in
+    (deta, dphi) to a random particle of the jet, `masked.choose_block`). `position_channels`: where deta and
+    dphi sit among the input features. `predictor_positions`: the predictor's token of each masked particle
+    also carries its (deta, dphi), as I-JEPA's mask tokens carry their target's position (False: only its
+    rank among the masked particles, as MPM's decoder). `momentum_steps`: steps of the momentum schedule, 0
+    for the whole run (set by `jetjax.objectives.prepare`). `loss`, `beta`: see `losses.latent_regression`."""
 
     encoder: nn.Module
     max_particles: int
     token_width: int
-    block_channels: tuple
+    position_channels: tuple
     mask_fraction: float = 0.3
     masking: str = "random"
     momentum: float = 0.996
@@ -58,7 +59,7 @@ class JEPA(nn.Module, EncoderLengths, MomentumCopies):
 
     def positions(self, batch):
         """(B, P, 2) deta, dphi of every particle: where in the jet each masked particle is."""
-        return batch["features"][..., jnp.asarray(self.block_channels)]
+        return batch["features"][..., jnp.asarray(self.position_channels)]
 
     def choose(self, key, batch):
         if self.masking == "random":
