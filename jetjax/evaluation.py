@@ -50,16 +50,17 @@ def evaluate(config, workdir):
                       keep_embeddings=config.evaluate.embeddings)
     saved = json.loads((run / "config.json").read_text())
     title = defaults.value(saved, "evaluate.title") or run_title(saved)
-    out = run / "evaluation"
-    if "predictions" in result:  # a regression task (jetjax/regression.py)
-        if parallel.is_main_process():
-            out.mkdir(exist_ok=True)
-            return regression.write_evaluation(out, title, result, scheme.names)
-        return regression.resolution_metrics(result["predictions"], result["targets"], result["labels"], scheme.names)
-    values = metrics.evaluate(result["scores"], result["labels"], scheme.names, background=scheme.background)
+    regressed = "predictions" in result  # a regression task (jetjax/regression.py)
+    values = (regression.resolution_metrics(result["predictions"], result["targets"], result["labels"], scheme.names)
+              if regressed else metrics.evaluate(result["scores"], result["labels"], scheme.names,
+                                                 background=scheme.background))
     if not parallel.is_main_process():
         return values
+    out = run / "evaluation"
     out.mkdir(exist_ok=True)
+    if regressed:
+        regression.write_evaluation(out, title, result, values, scheme.names)
+        return values
     np.savez_compressed(out / "predictions.npz", scores=result["scores"].astype(np.float32),
                         labels=result["labels"], embeddings=result.get("embeddings", np.zeros((0,))))
     metrics.write_json(out / "metrics.json", values)

@@ -316,6 +316,13 @@ def masked_token_cross_entropy(logits, token_ids, masked):
                   "masked_particles": jnp.sum(masked).astype(jnp.float32)}
 
 
+def _huber(diff, delta):
+    """Elementwise Huber loss of `diff`: 0.5 diff^2 within `delta`, delta (|diff| - 0.5 delta) beyond (torch's
+    `huber_loss`; smooth L1 with threshold beta is this divided by beta)."""
+    size = jnp.abs(diff)
+    return jnp.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
+
+
 def layer_normalised(x, eps=1e-5):
     """`x` standardised over its last axis: LayerNorm without scale or offset (torch's `F.layer_norm` with its
     eps), how I-JEPA normalises its targets."""
@@ -351,8 +358,7 @@ def latent_regression(pred, target, masked, loss="smooth_l1", beta=1.0):
     target = layer_normalised(jax.lax.stop_gradient(target))
     # zero every unmasked slot first, so that nothing there (even NaN) reaches values or gradients
     diff = jnp.where(masked[..., None], _f32(pred) - target, 0.0)
-    size = jnp.abs(diff)
-    error = jnp.where(size < beta, 0.5 * diff * diff / beta, size - 0.5 * beta) if loss == "smooth_l1" else diff * diff
+    error = _huber(diff, beta) / beta if loss == "smooth_l1" else diff * diff
     value = _masked_mean(error, jnp.broadcast_to(masked[..., None], error.shape))
     pred = jax.lax.stop_gradient(jnp.where(masked[..., None], _f32(pred), 0.0))
     return value, {"latent_loss": value, "target_std": _masked_std(jnp.where(masked[..., None], target, 0.0), masked),
@@ -366,7 +372,5 @@ def regression(pred, target, loss="mse", delta=1.0):
     if loss not in ("mse", "huber") or not delta > 0:
         raise ValueError(f"regression: loss {loss!r} must be 'mse' or 'huber' with delta > 0 (got {delta})")
     diff = _f32(pred) - _f32(target)
-    size = jnp.abs(diff)
-    error = diff * diff if loss == "mse" else jnp.where(size < delta, 0.5 * diff * diff, delta * (size - 0.5 * delta))
-    value = jnp.mean(error)
+    value = jnp.mean(diff * diff if loss == "mse" else _huber(diff, delta))
     return value, {loss: value, "rmse": jnp.sqrt(jnp.mean(diff * diff))}

@@ -18,11 +18,11 @@ interquartile range (the resolution, IQR/2), overall and per class; `response_fi
 predicted / true.
 """
 import dataclasses
-import json
 
 import numpy as np
 
 from configs import defaults
+from jetjax import metrics
 
 LOSSES = ("mse", "huber")
 SCALE_BATCHES = 16
@@ -144,16 +144,15 @@ def response_figure(predictions, targets, labels, class_names, path, title):
     plt.close(figure)
 
 
-def write_evaluation(out, title, result, class_names):
-    """predictions.npz, metrics.json, regression.md and response.png of a regression run's test predictions
-    (`feeding.run_eval`'s result) in the folder `out`; returns the metrics."""
+def write_evaluation(out, title, result, values, class_names):
+    """predictions.npz, metrics.json (`values`, the `resolution_metrics`), regression.md and response.png of a
+    regression run's test predictions (`feeding.run_eval`'s result) in the folder `out`."""
     predictions, targets, labels = result["predictions"], result["targets"], result["labels"]
-    values = resolution_metrics(predictions, targets, labels, class_names)
     np.savez_compressed(out / "predictions.npz", predictions=predictions.astype(np.float32),
                         targets=targets.astype(np.float32), labels=labels,
                         embeddings=result.get("embeddings", np.zeros((0,))))
-    (out / "metrics.json").write_text(json.dumps(values, indent=2))
-    (out / "regression.md").write_text(table(title, values) + "\n")
+    metrics.write_json(out / "metrics.json", values)
+    text = table(title, values)
+    (out / "regression.md").write_text(text + "\n")
     response_figure(predictions, targets, labels, class_names, out / "response.png", title)
-    print(table(title, values))
-    return values
+    print(text)

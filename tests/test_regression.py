@@ -14,8 +14,8 @@ import scipy.stats
 
 from configs import predict as predict_config
 from conftest import shared_path, toy_jets
-from jetjax import (build, checkpoint, efficiency, export, finetune, losses, optim, physics, predict, probe, regression,
-                    scaling, study, train)
+from jetjax import (build, checkpoint, efficiency, export, finetune, losses, metrics, optim, physics, predict, probe,
+                    regression, scaling, study, train)
 from jetjax.data import features, pipeline
 from jetjax.data.chunks import ColumnMap, DataError, DataReport, JetChunk, MissingColumnError
 from jetjax.data.classes import get_scheme
@@ -143,7 +143,7 @@ def test_a_regression_run_learns_its_target_and_keeps_its_scale(trained):
     np.testing.assert_allclose(scale, [first.mean(), first.std()], rtol=1e-5)
     # evaluation: the test jets' true targets, predictions in their units, better than predicting the mean
     saved = np.load(workdir / "evaluation" / "predictions.npz")
-    values = json.loads((workdir / "evaluation" / "metrics.json").read_text())
+    values = metrics.read_json(workdir / "evaluation" / "metrics.json")
     assert values["rmse"] < 0.7 * np.std(saved["targets"])
     expected = regression.resolution_metrics(saved["predictions"], saved["targets"], saved["labels"],
                                              get_scheme("jetclass2_7").names)
