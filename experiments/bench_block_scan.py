@@ -9,6 +9,10 @@ gradient (checked: the largest difference is printed). One JSON line per variant
 
     python experiments/bench_block_scan.py --layers 8 --batch 64 --particles 128
 """
+from jetjax import memory
+
+memory.keep_freed_memory()  # first, before numpy or jax start a thread (jetjax/memory.py)
+
 import argparse
 import json
 import time
@@ -17,7 +21,6 @@ import jax
 import jax.numpy as jnp
 
 from bench_train import realistic_batch
-from jetjax import memory
 from jetjax.models.layers import Block
 from jetjax.models.layout import DenseLayout
 
@@ -67,7 +70,6 @@ def measure(name, loss, params, args, steps):
 
 
 def main():
-    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=64)

@@ -19,6 +19,10 @@ state; each reports its warm-up seconds (jetjax: and the XLA programs it compile
 in reversed order every other repeat. One JSON line per measurement, then the
 medians and the jetjax / weaver ratios.
 """
+from jetjax import memory
+
+memory.keep_freed_memory()  # first, before numpy or jax start a thread (jetjax/memory.py)
+
 import argparse
 import json
 import multiprocessing
@@ -31,7 +35,7 @@ import jax
 import numpy as np
 
 from configs import sizes, supervised_part
-from jetjax import build, compilation, feeding, memory, optim, parallel, steps
+from jetjax import build, compilation, feeding, optim, parallel, steps
 from jetjax.data import pipeline, synthetic
 
 
@@ -156,7 +160,6 @@ def read_batches(folder, args):
 def worker(framework, dtype, folder, args, connection):
     """One framework in its own process (no thread pools, allocator or cache state shared with the other):
     builds the model, warms up, then times 'train' or 'inference' on request."""
-    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     train_batches, test_batches = read_batches(folder, args)
     if framework == "jetjax":
         config = jetjax_config(args, dtype)

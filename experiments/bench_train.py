@@ -11,6 +11,10 @@ batches per pass, so that the layouts of several multiplicity mixes are compiled
 configs measure their objective's training step (no inference). One JSON line per case. The same engine
 beside weaver-core on real jets: bench_reference.py.
 """
+from jetjax import memory
+
+memory.keep_freed_memory()  # first, before numpy or jax start a thread (jetjax/memory.py)
+
 import argparse
 import importlib
 import json
@@ -20,7 +24,7 @@ import jax
 import numpy as np
 
 from configs import sizes
-from jetjax import build, compilation, feeding, memory, optim, parallel, steps
+from jetjax import build, compilation, feeding, optim, parallel, steps
 from jetjax.data.features import FEATURE_SETS
 
 
@@ -87,7 +91,6 @@ def bench_case(config, batches, repeats):
 
 
 def main():
-    memory.keep_freed_memory()  # as a run does, before jax starts its backend (jetjax/memory.py)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", nargs="+", default=["supervised_part", "supervised_ours"],
                         help="config names in configs/ (supervised_part, supervised_ours, mpm, supcon, ...)")

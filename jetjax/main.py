@@ -15,12 +15,17 @@ unless config.compile.cache_dir or JAX_COMPILATION_CACHE_DIR names another folde
 turns it off): rerunning a config, the runs of a study that share shapes and a continued study compile nothing
 twice.
 """
+from jetjax import memory
+
+if __name__ == "__main__":
+    memory.keep_freed_memory()  # first, before numpy or jax start a thread (jetjax/memory.py)
+
 from pathlib import Path
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jetjax import compilation, efficiency, evaluation, memory, parallel, predict, probe, scaling, study, train
+from jetjax import compilation, efficiency, evaluation, parallel, predict, probe, scaling, study, train
 
 STUDIES = {"study": study, "efficiency": efficiency, "scaling": scaling}
 """Modes that run several runs, and their modules."""
@@ -31,7 +36,6 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Folder of the run (default: run
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint operation at INFO
-    memory.keep_freed_memory()  # before jax starts its backend threads (jetjax/memory.py)
     config = _CONFIG.value
     name = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{Path(name).stem}"

@@ -104,7 +104,7 @@ def training_jets(config, data, batch_size, report):
 def fit(config, workdir):
     """Fit the linear probe of `config` (mode 'probe') in `workdir` and evaluate it on the test stream (module
     docstring). Returns the run's record (as train.fit does)."""
-    memory.keep_freed_memory()
+    memory.advise()
     settings = probe_settings(config)
     model = build.build_model(config)
     compilation.use_persistent_cache(config)

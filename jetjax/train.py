@@ -327,7 +327,7 @@ def fit(config, workdir):
     stopped; classifiers are evaluated on the natural test stream at the end. Returns the final record."""
     if config.mode == "probe":
         raise ValueError("mode 'probe' is fitted by jetjax.probe.fit (python -m jetjax.main runs it), not trained")
-    memory.keep_freed_memory()
+    memory.advise()
     model = build_model(config)  # first: a wrong mode, objective or model setting fails before any work
     compilation.use_persistent_cache(config)
     devices.announce(jnp.float32 if model.encoder is None else model.encoder.dtype)  # None: the tokenizer stage
