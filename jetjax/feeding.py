@@ -138,8 +138,8 @@ def run_eval(state, eval_step, feeder, batches, batch_size, window, keep_embeddi
     softmax scores and labels of every jet (regression heads: `predictions` and `targets`) and the first
     `keep_embeddings` representations, all in the stream's order. Jets are grouped by multiplicity within
     windows of `window` batches (pipeline.grouped_by_length) so that most batches land in small slot
-    buckets; results are fetched from the devices once per window. With several processes, each computes its share of every batch and every
-    process returns the whole result."""
+    buckets; results are fetched from the devices once per window. With several processes, each computes its
+    share of every batch and every process returns the whole result."""
     sums, count, parts, labels, pending = {}, 0, [], [], []
 
     def fetch():
