@@ -174,8 +174,6 @@ def run_stages(config, workdir, plan):
 
 def write_report(config, workdir, results):
     """Tables 1-4, ROC curves and the t-SNE figure into `workdir/report`; prints Table 1."""
-    from threadpoolctl import threadpool_limits
-
     scheme = task_scheme(config.data)
     titles = dict(zip(scheme.names, scheme.titles))
     out = Path(workdir) / "report"
@@ -184,8 +182,7 @@ def write_report(config, workdir, results):
     if config.study.tsne:
         embeddings = {stage_title(n): validation_embeddings(workdir / n, config.study.tsne_points)
                       for n in config.study.tsne}
-        with threadpool_limits(1):  # t-SNE's OpenMP threads spin for seconds on a busy small machine
-            report.plot_tsne(embeddings, scheme.names, out / "tsne.png", config.study.tsne_points, config.seed)
+        report.plot_tsne(embeddings, scheme.names, out / "tsne.png", config.study.tsne_points, config.seed)
     print(table1)
     print(f"study report (Tables 1-4, ROC curves, t-SNE): {out}")
     return results

@@ -101,6 +101,20 @@ def test_seed_decides_initialisation():
     assert any(not np.array_equal(x, z) for x, z in zip(jax.tree.leaves(same[0]), jax.tree.leaves(same[2])))
 
 
+def test_unoptimised_init_program_gives_the_parameters_of_an_optimised_one():
+    # on the CPU the initialisation is compiled without LLVM optimisation (steps.INIT_COMPILER_OPTIONS):
+    # the parameters must be those of flax's init compiled as usual, to float rounding
+    config = tiny_config()
+    model = build.build_model(config)
+    batch, key = build.example_batch(config, 8), jax.random.key(5)
+    state = steps.init_state(model, optax.sgd(0.1), batch, key)
+    init_key, model_key, _ = jax.random.split(key, 3)
+    expected = jax.jit(model.init)(init_key, batch, model_key)["params"]
+    assert jax.tree.structure(state.params) == jax.tree.structure(expected)
+    for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     run = tmp_path_factory.mktemp("pretrain")
