@@ -20,8 +20,8 @@ say so, once, when a run on the CPU goes without). `import jetjax` changes nothi
 
 The prices: the process keeps what it has freed (peak resident size 15 GB for that training step, its two
 programs' temporaries 6.4 GiB and the heap's holes between them; 3.3 GB without the setting), and XLA
-compiles about a third slower (one arena for its compiler threads), which is what tiny, compile-bound runs
-notice. So it applies only where jax will compute on the CPU (`cpu_backend_expected`): on a GPU or TPU host
+compiles slower, mostly because its compiler threads share one arena (the quickstart's training step: 7.1-8.0 s
+against 4.0-5.8 s; README, "Benchmarks"), which is what tiny, compile-bound runs notice. So it applies only where jax will compute on the CPU (`cpu_backend_expected`): on a GPU or TPU host
 XLA's buffers live in device memory and the host mostly compiles, with many threads, for which one arena is
 no help (not measured on a GPU yet). Set JETJAX_KEEP_FREED_MEMORY=0 to leave malloc as it is everywhere, =1
 to apply it everywhere.
