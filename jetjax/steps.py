@@ -5,7 +5,6 @@ state, batch, plan -> state, metrics, compiled once per layout plan with the sta
 data mesh the batch arrives sharded along 'data' and the state replicated, so the same code runs on one device
 or many. The run around these steps (epoch loop, validation, checkpoints): jetjax/train.py.
 """
-import functools
 from typing import Any
 
 import flax.struct
@@ -29,14 +28,14 @@ class TrainState:
 INIT_COMPILER_OPTIONS = {"cpu": {"xla_backend_optimization_level": 0}}
 """XLA options of the initialisation program per platform: it runs once, so on the CPU LLVM need not optimise
 it (the reference ParT's compiles in 4.2 s instead of 9.2 s, the quickstart model's in 1.2 s instead of 3.3 s;
-the same parameters to float rounding). Other platforms compile it as usual."""
+the same parameters to float rounding). Other platforms compile it as usual, and so does an `init_state` traced
+inside another transformation (`jax.eval_shape`), where jax accepts no compiler options."""
 
 
 def init_state(model, tx, batch, key):
     """A fresh state: the model initialised on `batch` (any batch of the right shapes) with `key`. Compiled
     as one program: op by op, flax's init compiles hundreds of small programs (seconds on CPU)."""
 
-    @functools.partial(jax.jit, compiler_options=INIT_COMPILER_OPTIONS.get(jax.default_backend()))
     def init(batch, key):
         init_key, model_key, state_key = jax.random.split(key, 3)
         variables = model.init(init_key, batch, model_key)
@@ -45,7 +44,9 @@ def init_state(model, tx, batch, key):
         return TrainState(params=params, batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                           step=jnp.zeros((), jnp.int32), key=state_key, extra=extra)
 
-    return init(batch, key)
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((batch, key)))
+    options = None if traced else INIT_COMPILER_OPTIONS.get(jax.default_backend())
+    return jax.jit(init, compiler_options=options)(batch, key)
 
 
 def step_keys(state):

@@ -113,6 +113,10 @@ def test_unoptimised_init_program_gives_the_parameters_of_an_optimised_one():
     assert jax.tree.structure(state.params) == jax.tree.structure(expected)
     for x, y in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    # traced inside another transformation, where jax takes no compiler options, it gives the same shapes
+    shapes = jax.eval_shape(lambda k: steps.init_state(model, optax.sgd(0.1), batch, k), key)
+    assert jax.tree.map(lambda x: (x.shape, x.dtype), shapes.params) == jax.tree.map(
+        lambda x: (x.shape, x.dtype), state.params)
 
 
 @pytest.fixture(scope="module")
