@@ -7,6 +7,8 @@ docs/formulas.md §2.5) so that padded (all-zero) particles give finite values.
 """
 import math
 
+import numpy as np
+
 EPS = 1e-8
 """Clamp applied before every logarithm of the pair features (the reference's `eps`)."""
 
@@ -54,10 +56,18 @@ def delta_r(y1, phi1, y2, phi2):
 def mass2(v):
     """Invariant mass squared E^2 - |p|^2 (may be slightly negative from rounding).
 
-    Summed in the reference's order, E^2 - ((px^2 + py^2) + pz^2): for (nearly) massless particles the
-    result is rounding noise that the ln m^2 pair feature sees, so the order matters for fidelity.
+    Summed in the reference's order, E^2 - ((px^2 + py^2) + pz^2), each square rounded on its own as PyTorch
+    rounds it: for (nearly) massless particles the result is rounding noise that the ln m^2 pair feature sees,
+    so the rounding matters for fidelity. Under jit XLA would contract a square and the next addition into one
+    fused multiply-add (one rounding instead of two, on CPU and GPU alike, where it chooses to); an
+    optimisation barrier after the squares keeps jitted jetjax equal to its op-by-op run and to weaver.
     """
-    return v[..., 3] ** 2 - ((v[..., 0] ** 2 + v[..., 1] ** 2) + v[..., 2] ** 2)
+    squares = v ** 2
+    if _xp(v) is not np:
+        import jax  # only for jax arrays: the numpy data pipeline does not import jax
+
+        squares = jax.lax.optimization_barrier(squares)
+    return squares[..., 3] - ((squares[..., 0] + squares[..., 1]) + squares[..., 2])
 
 
 def massless_pair_mass2(kin_i, kin_j):

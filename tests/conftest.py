@@ -27,6 +27,15 @@ jax.config.update("jax_disable_most_optimizations", True)
 jax.config.update("jax_default_matmul_precision", "highest")
 
 
+@pytest.fixture
+def xla_optimisations():
+    """XLA's usual optimisations for one test (the suite turns most of them off for fast compiles): for tests of
+    what the optimising compiler does to results, such as fusing multiplies and adds (physics.mass2)."""
+    jax.config.update("jax_disable_most_optimizations", False)
+    yield
+    jax.config.update("jax_disable_most_optimizations", True)
+
+
 def pytest_collection_modifyitems(items):
     """Slow tests first: with two workers, the long end-to-end run overlaps all the others."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
