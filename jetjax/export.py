@@ -27,8 +27,8 @@ arithmetic. The other maintained route, jax2tf + tf2onnx, is closed: jax2tf in J
 serialisation (an XlaCallModule op holding StableHLO), which tf2onnx cannot convert, and needs TensorFlow.
 jax2onnx 0.13-0.17.1 pass JAX symbolic dimensions to onnx_ir in a few lowerings (lax.rem, the azimuth wrap),
 which breaks a dynamic batch; `_named_symbolic_dims` works around that during the conversion. ONNX Runtime
-evaluates the graph op by op, as PyTorch does, and agrees with jetjax run op by op; under jit XLA fuses
-multiply-adds (FMA), which changes ln m^2 of a massless particle with itself (README, "Fidelity").
+evaluates the graph op by op, as PyTorch does, and agrees with jetjax run op by op and under jit alike
+(physics.mass2 keeps XLA's fused multiply-adds out of the rounding noise of ln m^2; README, "Fidelity").
 
 weaver: `jetjax.models.convert.to_state_dict` (weaver's architectures: the reference ParT and the options of its
 versions 2 and 3) as .pt (torch) or .npz.
