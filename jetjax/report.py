@@ -11,7 +11,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-from sklearn.manifold import TSNE
 
 from jetjax.metrics import write_json
 
@@ -153,6 +152,8 @@ def plot_tsne(embeddings, class_names, path, max_points=2000, seed=0):
 
     `embeddings` maps run name -> (features (M, D), labels (M,)); each run is subsampled to at most
     `max_points` jets without replacement with a generator seeded by `seed`, as is the t-SNE itself."""
+    from sklearn.manifold import TSNE  # here: importing it costs every run ~1 s, and only the study draws it
+
     plt = pyplot()
     fig, axes = plt.subplots(1, len(embeddings), figsize=(5 * len(embeddings), 5), squeeze=False)
     for ax, (run, (features, labels)) in zip(axes[0], embeddings.items()):
