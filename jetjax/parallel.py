@@ -21,20 +21,26 @@ reads the other two. Under SLURM none is needed: JAX derives all three from SLUR
 
 def initialize_distributed():
     """Join a multi-process run when launched as one (no-op for a single process). A process that stops
-    sending heartbeats for JAX_HEARTBEAT_TIMEOUT_SECONDS (default 100) ends the others with an error."""
+    sending heartbeats for JAX_HEARTBEAT_TIMEOUT_SECONDS (default 100) ends the others with an error.
+
+    On the CPU the persistent compilation cache is turned off for the run: process 0 would load a program from
+    it while the others compile theirs, and jax 0.12.1's CPU collectives hang between such a loaded and a fresh
+    program (docs/jax_notes.md, "Several CPU processes and the persistent cache")."""
     explicit = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if not explicit and os.environ.get("SLURM_NTASKS", "1") == "1":
         return
     timeout = int(os.environ.get("JAX_HEARTBEAT_TIMEOUT_SECONDS", 100))
-    if not explicit:  # SLURM: JAX reads the coordinator, count and index from the job's variables
+    if explicit:
+        missing = [name for name in DISTRIBUTED_ENV[1:] if name not in os.environ]
+        if missing:
+            raise ValueError(f"JAX_COORDINATOR_ADDRESS={explicit} is set but {' and '.join(missing)} not: set all "
+                             f"of {', '.join(DISTRIBUTED_ENV)} on every process (or launch with python -m jetjax.launch)")
+        jax.distributed.initialize(explicit, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]), heartbeat_timeout_seconds=timeout)
+    else:  # SLURM: JAX reads the coordinator, count and index from the job's variables
         jax.distributed.initialize(heartbeat_timeout_seconds=timeout)
-        return
-    missing = [name for name in DISTRIBUTED_ENV[1:] if name not in os.environ]
-    if missing:
-        raise ValueError(f"JAX_COORDINATOR_ADDRESS={explicit} is set but {' and '.join(missing)} not: set all of "
-                         f"{', '.join(DISTRIBUTED_ENV)} on every process (or launch with python -m jetjax.launch)")
-    jax.distributed.initialize(explicit, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]), heartbeat_timeout_seconds=timeout)
+    if jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
 
 
 def is_main_process():

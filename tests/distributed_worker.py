@@ -72,6 +72,7 @@ def run(config_path, workdir, out, stop_step=None):
 
 if __name__ == "__main__":
     parallel.initialize_distributed()
-    print(f"process {jax.process_index()} of {jax.process_count()} joined", flush=True)
+    cache = "on" if jax.config.jax_enable_compilation_cache else "off"
+    print(f"process {jax.process_index()} of {jax.process_count()} joined, persistent cache {cache}", flush=True)
     jax.config.update("jax_disable_most_optimizations", True)
     run(*sys.argv[1:])

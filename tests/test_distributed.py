@@ -126,8 +126,10 @@ def test_checkpoint_saved_by_two_processes_resumes_in_one(setup, reference):
 @pytest.mark.slow  # 3 runs of 1-2 processes, each compiling: ~1.5 min of CPU
 def test_checkpoint_saved_by_one_process_resumes_in_two_which_evaluate_every_test_jet_once(setup, reference):
     tmp, _ = setup
-    saved = one_process(setup, "one_then_two", stop_step=3)
+    saved = one_process(setup, "one_then_two", stop_step=3)  # its programs and the reference's are in the cache
     resumed = two_processes(setup, "resumed_in_two", workdir="one_then_two")
+    for log in (tmp / "resumed_in_two_logs").iterdir():  # on: jax 0.12.1 hangs in the final test evaluation
+        assert "joined, persistent cache off" in log.read_text(), log
     assert_identical(arrays(saved / "after.npz"), arrays(resumed / "before.npz"))
     assert_close(arrays(resumed / "after.npz"), arrays(reference / "after.npz"))
     ours, theirs = (arrays(tmp / run / "evaluation" / "predictions.npz") for run in ("one_then_two", "one"))
