@@ -55,11 +55,13 @@ class CompileLog:
 
 def use_persistent_cache(config):
     """Turns on JAX's persistent compilation cache (config.compile.cache, default on) in config.compile.cache_dir,
-    else the folder jax already has ($JAX_COMPILATION_CACHE_DIR), else ~/.cache/jetjax/xla. Takes effect where
-    nothing has compiled yet (the command line calls it first; `train.fit` calls it too); returns the folder or
-    None."""
+    else the folder jax already has ($JAX_COMPILATION_CACHE_DIR), else ~/.cache/jetjax/xla; `compile.cache=False`
+    turns it off, that folder included. Takes effect where nothing has compiled yet (the command line calls it
+    first; `train.fit` calls it too); returns the folder, or None where the cache is off."""
     settings = defaults.section(config, "compile")
-    if not settings.cache:
+    if not settings.cache:  # also where jax was given a folder ($JAX_COMPILATION_CACHE_DIR)
+        jax.config.update("jax_enable_compilation_cache", False)
+    if not jax.config.jax_enable_compilation_cache:  # off, or several CPU processes (parallel.initialize_distributed)
         return None
     folder = settings.cache_dir or jax.config.jax_compilation_cache_dir or DEFAULT_CACHE_DIR
     jax.config.update("jax_compilation_cache_dir", str(Path(folder).expanduser()))

@@ -37,8 +37,11 @@ print(log.summary()["cache_hits"], log.programs["jit(<lambda>)"])
 """
 
 
-def run_twice(folder, cache):
+def run_twice(folder, cache, jax_folder=None):
+    """The RUN script twice with compile.cache on or off, JAX_COMPILATION_CACHE_DIR=`jax_folder` (None: unset)."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    if jax_folder:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(jax_folder)
     return [subprocess.run([sys.executable, "-c", RUN, str(folder), cache], env=env, capture_output=True, text=True,
                            check=True).stdout.split() for _ in range(2)]
 
@@ -49,3 +52,5 @@ def test_a_rerun_loads_its_programs_from_the_persistent_cache(tmp_path):
     assert any((tmp_path / "xla").iterdir())
     (hits, _), (hits_again, _) = run_twice(tmp_path / "off", "off")  # compile.cache=False: no folder, no hits
     assert hits == hits_again == "0" and not (tmp_path / "off").exists()
+    (hits, _), (hits_again, _) = run_twice(tmp_path / "off", "off", jax_folder=tmp_path / "env")  # also not jax's
+    assert hits == hits_again == "0" and not (tmp_path / "env").exists()
