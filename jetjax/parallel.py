@@ -34,7 +34,8 @@ def initialize_distributed():
         missing = [name for name in DISTRIBUTED_ENV[1:] if name not in os.environ]
         if missing:
             raise ValueError(f"JAX_COORDINATOR_ADDRESS={explicit} is set but {' and '.join(missing)} not: set all "
-                             f"of {', '.join(DISTRIBUTED_ENV)} on every process (or launch with python -m jetjax.launch)")
+                             f"of {', '.join(DISTRIBUTED_ENV)} on every process "
+                             "(or launch with python -m jetjax.launch)")
         jax.distributed.initialize(explicit, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
                                    process_id=int(os.environ["JAX_PROCESS_ID"]), heartbeat_timeout_seconds=timeout)
     else:  # SLURM: JAX reads the coordinator, count and index from the job's variables

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jetjax import launch
+from jetjax import launch, parallel
 from jetjax.data import pipeline, synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,3 +158,11 @@ def test_a_killed_process_ends_the_other_with_an_error(setup):
     assert started[0].returncode not in (0, -9)  # ended by JAX's coordination service, not by the launcher
     assert "heartbeat" in (logs / "process_0.log").read_text()
     assert "process_1.log" in str(failure.value)
+
+
+def test_a_coordinator_without_the_process_count_is_refused_naming_it(monkeypatch):
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "127.0.0.1:1")
+    monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    with pytest.raises(ValueError, match=r"127.0.0.1:1 is set but JAX_NUM_PROCESSES not.*jetjax.launch"):
+        parallel.initialize_distributed()
