@@ -144,20 +144,23 @@ def exported(run, format, path, outputs=BOTH):
     return path
 
 
-def reference_variables():
-    """The reference ParT's variables: the perturbed weaver v0.4.17 model of ../shared, converted."""
-    return convert_state_dict(load_state_dict(shared_path("reference", "part_weaver_v0417_kin.npz"), prefix="param/"))
+def assert_equals_both_jetjax_paths(got, want):
+    """`got` within TOL of jetjax's outputs `want` op by op (want[False]) and jitted (want[True])."""
+    for jit in (False, True):
+        assert max_difference(got, want[jit]) <= TOL
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """A run holding the reference ParT (the perturbed weaver v0.4.17 model, 10 JetClass classes) at P = 64;
     its real jets: the reference sample's 24 JetClass jets, the 100 JetClass-II jets (14 fill all 64 slots)
-    and the first 32 of them cut to their hardest particle; and jetjax's outputs on them, op by op and jitted."""
+    and the first 32 of them cut to their hardest particle; jetjax's outputs on them, op by op and jitted; and the
+    model's variables."""
     config = base.get_config()
     config.data.update(scheme="jetclass_10", num_particles=REFERENCE_SLOTS)
     config.model.pair_mass = "reference"  # the weaver model's
-    variables = reference_variables()
+    variables = convert_state_dict(load_state_dict(shared_path("reference", "part_weaver_v0417_kin.npz"),
+                                                   prefix="param/"))
     run = write_run(tmp_path_factory.mktemp("reference") / "run", config, variables)
     real = concatenate(reference_jets(REFERENCE_SLOTS), jetclass2_jets(REFERENCE_SLOTS))
     jets = concatenate(real, hardest_particle_only(tuple(x[:32] for x in real)))
@@ -165,7 +168,7 @@ def reference(tmp_path_factory):
     assert multiplicity.min() == 1 and multiplicity.max() == REFERENCE_SLOTS
     want = {jit: jetjax_outputs(ParT(num_classes=10), variables, jets, jit) for jit in (False, True)}
     assert np.ptp(want[False]["scores"], axis=0).max() > 0.1  # scores that depend on the jet: comparisons can fail
-    return run, jets, want
+    return run, jets, want, variables
 
 
 @pytest.fixture(scope="module")
@@ -189,18 +192,16 @@ def first(outputs, n):
 def test_optimised_jit_equals_op_by_op_on_real_jets_with_photons(reference, xla_optimisations):
     """With XLA's usual optimisations (the suite turns them off), which fuse multiplies and adds: the reference
     pair mass keeps its squares apart (physics.mass2); before, these jitted outputs differed by 3.3e-2."""
-    _, jets, want = reference
-    optimised = jetjax_outputs(ParT(num_classes=10), reference_variables(), jets, jit=True)
+    _, jets, want, variables = reference
+    optimised = jetjax_outputs(ParT(num_classes=10), variables, jets, jit=True)
     assert max_difference(optimised, want[False]) <= TOL
 
 
 @pytest.mark.parametrize("format", ["stablehlo", "onnx"])
 def test_export_equals_both_jetjax_paths_on_real_jets_with_one_to_all_particles(reference, format, tmp_path):
-    run, jets, want = reference
+    run, jets, want, _ = reference
     path = exported(run, format, tmp_path / f"part.{format}")
-    got = RUNNERS[format](path, jets)
-    for jit in (False, True):
-        assert max_difference(got, want[jit]) <= TOL
+    assert_equals_both_jetjax_paths(RUNNERS[format](path, jets), want)
 
 
 @pytest.mark.parametrize("format", ["stablehlo", "onnx"])
@@ -208,21 +209,17 @@ def test_export_equals_both_jetjax_paths_on_massive_jets_at_any_batch_size(tiny,
     run, _, jets, want = tiny
     path = exported(run, format, tmp_path / f"tiny.{format}")
     synthetic = RUNNERS[format](path, tuple(x[:3] for x in jets))  # 3 jets here, 103 below: a dynamic batch
-    for jit in (False, True):
-        assert max_difference(synthetic, first(want[jit], 3)) <= TOL
-    got = RUNNERS[format](path, jets)
-    for jit in (False, True):
-        assert max_difference(got, want[jit]) <= TOL
+    assert_equals_both_jetjax_paths(synthetic, {jit: first(outputs, 3) for jit, outputs in want.items()})
+    assert_equals_both_jetjax_paths(RUNNERS[format](path, jets), want)
 
 
 @pytest.fixture(scope="module")
 def stable(tmp_path_factory, reference):
     """The reference fixture's weights and real jets with model.pair_mass='stable'."""
-    _, jets, _ = reference
+    _, jets, _, variables = reference
     config = base.get_config()
     config.data.update(scheme="jetclass_10", num_particles=REFERENCE_SLOTS)
     config.model.pair_mass = "stable"
-    variables = reference_variables()
     run = write_run(tmp_path_factory.mktemp("stable") / "run", config, variables)
     model = ParT(num_classes=10, pair_mass="stable")
     return run, model, variables, jets, {jit: jetjax_outputs(model, variables, jets, jit) for jit in (False, True)}
@@ -233,9 +230,7 @@ def test_stable_pair_mass_export_equals_both_jetjax_paths_on_real_jets_with_phot
     run, _, _, jets, want = stable
     assert max_difference(want[False], want[True]) <= TOL  # op by op and jit agree: no rounding noise left
     path = exported(run, format, tmp_path / f"stable.{format}")
-    got = RUNNERS[format](path, jets)
-    for jit in (False, True):
-        assert max_difference(got, want[jit]) <= TOL
+    assert_equals_both_jetjax_paths(RUNNERS[format](path, jets), want)
     assert json.loads((tmp_path / f"stable.{format}.json").read_text())["pair_mass"]["mode"] == "stable"
 
 
@@ -244,7 +239,7 @@ def test_stable_scores_do_not_move_with_one_rounding_step_of_the_inputs(referenc
     rng = np.random.default_rng(0)
     moved = np.nextafter(jets[1], (np.inf * rng.choice([-1.0, 1.0], jets[1].shape)).astype(np.float32))
     assert max_difference(jetjax_outputs(model, variables, (jets[0], moved, jets[2]), True), want[True]) <= TOL
-    _, _, reference_want = reference  # the reference pair mass on the same jets moves by more (measured 2.6e-3)
+    _, _, reference_want, _ = reference  # the reference pair mass on the same jets moves by more (measured 2.6e-3)
     reference_moved = jetjax_outputs(ParT(num_classes=10), variables, (jets[0], moved, jets[2]), True)
     assert max_difference(reference_moved, reference_want[True]) > 10 * TOL
 
@@ -337,7 +332,7 @@ def test_weaver_model_on_the_written_state_dict_gives_jetjax_logits(reference, t
     strictly and reproduces jetjax's logits (op by op, as PyTorch rounds) on the real jets; a 0.4-layout file
     loads too but is another model there (weaver 0.5 dropped the HeadScale permutation)."""
     pytest.importorskip("torch", reason=f"writing .pt needs torch: {COMPARE_EXTRA}")
-    run, jets, want = reference
+    run, jets, want, _ = reference
     path = tmp_path / "part.pt"
     settings = export.export(run, "weaver", path)["weaver_model"]
     logits = weaver_logits(load_state_dict(path), settings, jets)
