@@ -6,10 +6,9 @@ validation jet is classified by the votes of its `knn.k` most similar (cosine) t
 (`metrics.knn_probe`), and the record gains `knn_accuracy` and `knn_macro_auc`. So the quality of the
 representation is tracked while the objective trains, with no classifier trained.
 """
-import jax
 
 from configs import defaults
-from jetjax import metrics
+from jetjax import metrics, steps
 from jetjax.data import pipeline
 
 
@@ -38,7 +37,7 @@ def make_embed_step(model):
         out = model.encoder.apply(variables, batch["features"], batch["vectors"], batch["mask"], plan=plan)
         return {}, {"z": out["z"]}
 
-    return jax.jit(embed_step, static_argnums=2)
+    return steps.jit_inference(embed_step)
 
 
 def knn_metrics(reference, queries, k, num_classes):

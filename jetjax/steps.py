@@ -5,6 +5,7 @@ state, batch, plan -> state, metrics, compiled once per layout plan with the sta
 data mesh the batch arrives sharded along 'data' and the state replicated, so the same code runs on one device
 or many. The run around these steps (epoch loop, validation, checkpoints): jetjax/train.py.
 """
+import functools
 from typing import Any
 
 import flax.struct
@@ -32,6 +33,37 @@ the same parameters to float rounding). Other platforms compile it as usual, and
 inside another transformation (`jax.eval_shape`), where jax accepts no compiler options."""
 
 
+INFERENCE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type":
+                                      "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}}
+"""XLA options of the eval-mode programs (`jit_inference`) per platform. On the CPU, jaxlib 0.12 hands each matmul
+to YNNPACK alone and runs the elementwise work around it (LayerNorm, bias, GELU) as separate loops; with the dot
+fusions of this option YNNPACK takes that work into the matmul, and the reference ParT infers 1.1-1.2x faster
+(README, "Benchmarks"). Training steps measured no change with it, so they keep XLA's defaults."""
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(backend, options):
+    """Whether this jaxlib compiles with `options` (a tuple of items) on `backend`: an option it does not know
+    (another jaxlib) is an error at compile time, which a run must never meet."""
+    try:
+        jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(jnp.zeros(())).compile()
+        return True
+    except jax.errors.JaxRuntimeError:  # INVALID_ARGUMENT: an unknown option, or a value it does not know
+        return False
+
+
+def platform_options(table):
+    """The compiler options of `table` (platform -> options) for the default backend, or None where it has none or
+    this jaxlib does not take them."""
+    options = table.get(jax.default_backend())
+    return options if options and _accepted(jax.default_backend(), tuple(sorted(options.items()))) else None
+
+
+def jit_inference(step):
+    """jax.jit of an eval-mode step (state, batch, plan -> ...; plan static) with INFERENCE_COMPILER_OPTIONS."""
+    return jax.jit(step, static_argnums=2, compiler_options=platform_options(INFERENCE_COMPILER_OPTIONS))
+
+
 def init_state(model, tx, batch, key):
     """A fresh state: the model initialised on `batch` (any batch of the right shapes) with `key`. Compiled
     as one program: op by op, flax's init compiles hundreds of small programs (seconds on CPU)."""
@@ -45,7 +77,7 @@ def init_state(model, tx, batch, key):
                           step=jnp.zeros((), jnp.int32), key=state_key, extra=extra)
 
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((batch, key)))
-    options = None if traced else INIT_COMPILER_OPTIONS.get(jax.default_backend())
+    options = None if traced else platform_options(INIT_COMPILER_OPTIONS)
     return jax.jit(init, compiler_options=options)(batch, key)
 
 
@@ -87,7 +119,7 @@ def make_eval_step(model):
         loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False, plan=plan)
         return {**metrics, "loss": loss}, outputs
 
-    return jax.jit(eval_step, static_argnums=2)
+    return jit_inference(eval_step)
 
 
 def run_steps(state, train_step, feeder, batches):
