@@ -1,6 +1,7 @@
 """Checks of a run's config before any work: every size and count by its own key (`check_counts`), and a
-workdir's stored config against the one a rerun brings (`compare_with_workdir`)."""
+workdir's stored config against the one a rerun brings (`compare_with_workdir`), and the storing (`store_config`)."""
 import json
+import os
 from pathlib import Path
 
 from configs import defaults
@@ -96,3 +97,12 @@ def compare_with_workdir(config, workdir):
         raise ValueError(f"{workdir} holds a run of other settings ({differences}): give a new --workdir, or "
                          f"rerun with the stored settings (its config.json)")
     return [f"{k}: {stored[k]!r} -> {new[k]!r}" for k in changed]
+
+
+def store_config(config, workdir):
+    """Writes `config` as the workdir's config.json in one step (a temporary file renamed over it): the other
+    processes of a multi-process run read it in `compare_with_workdir` while the main process stores it, and must
+    find the old file or the new one, never a half-written one."""
+    temporary = Path(workdir) / f"config.json.{os.getpid()}.tmp"
+    temporary.write_text(config.to_json_best_effort(indent=2))
+    os.replace(temporary, Path(workdir) / "config.json")

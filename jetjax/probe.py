@@ -118,7 +118,7 @@ def fit(config, workdir):
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if parallel.is_main_process():
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        checks.store_config(config, workdir)
     mesh, batch_size = parallel.data_mesh(), build.micro_batch_size(config)
     report, validation_report = DataReport(), DataReport()
     data = build.data_settings(config, workdir)

@@ -161,7 +161,7 @@ def prepare_workdir(config, workdir):
     if changes and main:
         print(f"{workdir}: resuming with changed settings: {'; '.join(changes)}")
     if main:
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+        checks.store_config(config, workdir)
     return workdir
 
 

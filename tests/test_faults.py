@@ -148,3 +148,18 @@ def test_a_run_saved_before_pair_mass_existed_keeps_the_reference_one(tmp_path):
     config.model.pair_mass = "reference"
     assert checks.compare_with_workdir(config, tmp_path) == []
     checks.check_same_pair_mass(config, tmp_path)
+
+
+def test_a_stored_config_is_replaced_whole_under_a_reader(tmp_path):
+    # in a multi-process run the main process stores config.json while the others read it (compare_with_workdir;
+    # a truncating write once let a process read an empty file, tests/test_distributed.py): a reader that opened
+    # the old file keeps reading all of it, and the new file is complete, with no temporary left
+    config = quickstart.get_config()
+    checks.store_config(config, tmp_path)
+    old = (tmp_path / "config.json").read_text()
+    with open(tmp_path / "config.json") as reader:
+        config.train.epochs = 9
+        checks.store_config(config, tmp_path)
+        assert reader.read() == old
+    assert json.loads((tmp_path / "config.json").read_text())["train"]["epochs"] == 9
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
