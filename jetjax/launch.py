@@ -50,7 +50,7 @@ def log_tail(logdir, index, lines=15):
 def wait(started, logdir, timeout, grace=30):
     """Wait for every process; raise ProcessFailed (naming the first failed process, or a timeout) after
     ending all of them."""
-    deadline, failed = time.monotonic() + timeout, None
+    deadline, failed, timed_out = time.monotonic() + timeout, None, False
     while any(p.poll() is None for p in started):
         now = time.monotonic()
         if failed is None:
@@ -58,6 +58,7 @@ def wait(started, logdir, timeout, grace=30):
             if failed is not None:
                 deadline = min(deadline, now + grace)
         if now > deadline:
+            timed_out = failed is None
             for p in started:
                 if p.poll() is None:
                     p.kill()
@@ -68,8 +69,7 @@ def wait(started, logdir, timeout, grace=30):
     if failed is None and all(code == 0 for code in codes):
         return
     first = failed if failed is not None else next(i for i, c in enumerate(codes) if c != 0)
-    reason = (f"process {first} exited with code {codes[first]}" if failed is not None
-              else f"the run exceeded {timeout} s")
+    reason = f"the run exceeded {timeout} s" if timed_out else f"process {first} exited with code {codes[first]}"
     raise ProcessFailed(f"{reason}; exit codes of processes 0..{len(codes) - 1}: {codes} (negative: killed by "
                         f"that signal). Last lines of {Path(logdir) / f'process_{first}.log'}:\n"
                         f"{log_tail(logdir, first)}")

@@ -166,3 +166,15 @@ def test_a_coordinator_without_the_process_count_is_refused_naming_it(monkeypatc
     monkeypatch.setenv("JAX_PROCESS_ID", "0")
     with pytest.raises(ValueError, match=r"127.0.0.1:1 is set but JAX_NUM_PROCESSES not.*jetjax.launch"):
         parallel.initialize_distributed()
+
+
+def test_processes_that_fail_together_are_reported_as_failed_not_timed_out(tmp_path):
+    # both processes ending between two polls (as when JAX's coordination service aborts them together) is a
+    # failure named by its exit code, not a run that "exceeded" its time
+    started = [subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"]) for _ in range(2)]
+    for p in started:
+        p.wait()
+    for index in range(2):
+        (tmp_path / f"process_{index}.log").write_text("the error\n")
+    with pytest.raises(launch.ProcessFailed, match=r"^process 0 exited with code 3; exit codes .*: \[3, 3\]"):
+        launch.wait(started, tmp_path, timeout=600)
