@@ -36,8 +36,8 @@ inside another transformation (`jax.eval_shape`), where jax accepts no compiler 
 INFERENCE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type":
                                       "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}}
 """XLA options of the eval-mode programs (`jit_inference`) per platform. On the CPU, jaxlib 0.12 hands each matmul
-to YNNPACK alone and runs the elementwise work around it (LayerNorm, bias, GELU) as separate loops; with the dot
-fusions of this option YNNPACK takes that work into the matmul, and the reference ParT infers 1.1-1.2x faster
+to YNNPACK alone and runs the elementwise work around it (a LayerNorm's normalisation, the bias) as separate loops;
+with the dot fusions of this option YNNPACK takes that work into the matmul, and the reference ParT infers 1.1x faster
 (README, "Benchmarks"). Training steps measured no change with it, so they keep XLA's defaults."""
 
 
