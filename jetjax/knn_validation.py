@@ -37,7 +37,7 @@ def make_embed_step(model):
         out = model.encoder.apply(variables, batch["features"], batch["vectors"], batch["mask"], plan=plan)
         return {}, {"z": out["z"]}
 
-    return steps.jit_inference(embed_step)
+    return steps.jit_inference(embed_step, model)
 
 
 def knn_metrics(reference, queries, k, num_classes):

@@ -40,6 +40,11 @@ to YNNPACK alone and runs the elementwise work around it (a LayerNorm's normalis
 with the dot fusions of this option YNNPACK takes that work into the matmul, and the reference ParT infers 1.1x faster
 (README, "Benchmarks"). Training steps measured no change with it, so they keep XLA's defaults."""
 
+INFERENCE_OPTIONS_MIN_WIDTH = 128
+"""The narrowest encoder (particle-token width) whose eval-mode programs take INFERENCE_COMPILER_OPTIONS. Measured on
+a 2-core CPU: the 128-wide reference ParT infers 1.1x faster with them at P = 128 and as fast at P = 32; the
+quickstart's 32-wide model 13-15% slower at P = 32 and P = 128, so narrower encoders keep XLA's defaults."""
+
 
 @functools.lru_cache(maxsize=None)
 def _accepted(backend, options):
@@ -59,9 +64,12 @@ def platform_options(table):
     return options if options and _accepted(jax.default_backend(), tuple(sorted(options.items()))) else None
 
 
-def jit_inference(step):
-    """jax.jit of an eval-mode step (state, batch, plan -> ...; plan static) with INFERENCE_COMPILER_OPTIONS."""
-    return jax.jit(step, static_argnums=2, compiler_options=platform_options(INFERENCE_COMPILER_OPTIONS))
+def jit_inference(step, model):
+    """jax.jit of an eval-mode step (state, batch, plan -> ...; plan static) of the objective `model`, with
+    INFERENCE_COMPILER_OPTIONS where its encoder is at least INFERENCE_OPTIONS_MIN_WIDTH wide."""
+    width = model.encoder.embed_dims[-1] if model.encoder is not None else 0  # None: the tokenizer stage
+    options = platform_options(INFERENCE_COMPILER_OPTIONS) if width >= INFERENCE_OPTIONS_MIN_WIDTH else None
+    return jax.jit(step, static_argnums=2, compiler_options=options)
 
 
 def init_state(model, tx, batch, key):
@@ -119,7 +127,7 @@ def make_eval_step(model):
         loss, metrics, outputs = model.apply(variables, batch, view_key, step=state.step, train=False, plan=plan)
         return {**metrics, "loss": loss}, outputs
 
-    return jit_inference(eval_step)
+    return jit_inference(eval_step, model)
 
 
 def run_steps(state, train_step, feeder, batches):

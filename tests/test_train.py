@@ -120,23 +120,25 @@ def test_unoptimised_init_program_gives_the_parameters_of_an_optimised_one():
         lambda x: (x.shape, x.dtype), state.params)
 
 
-def test_inference_options_change_the_cpu_program_but_not_its_scores(xla_optimisations):
-    # on the CPU the eval-mode steps compile with steps.INFERENCE_COMPILER_OPTIONS (YNNPACK's dot fusions): every
-    # jaxlib the project allows takes them, they change the compiled program, and the scores stay those of XLA's
-    # default program to float rounding (packed layout)
-    options = steps.platform_options(steps.INFERENCE_COMPILER_OPTIONS)
-    assert options == steps.INFERENCE_COMPILER_OPTIONS["cpu"]
-    config = tiny_config()
-    model = build.build_model(config)
-    batch = build.example_batch(config, 8)
-    state = steps.init_state(model, optax.sgd(0.1), batch, jax.random.key(0))
-    plan = layout.plan_layout(np.asarray(batch["mask"]).sum(1), batch["mask"].shape[1], groups=2, slot_multiple=4)
-    with_options, default = steps.make_eval_step(model), jax.jit(steps.make_eval_step(model).__wrapped__,
-                                                                 static_argnums=2)
-    compiled = [step.lower(state, batch, plan).compile().as_text() for step in (with_options, default)]
-    assert compiled[0] != compiled[1]
-    for x, y in zip(jax.tree.leaves(with_options(state, batch, plan)), jax.tree.leaves(default(state, batch, plan))):
-        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+def test_inference_options_change_a_wide_cpu_program_but_not_its_scores(xla_optimisations):
+    # on the CPU the eval-mode steps of encoders at least steps.INFERENCE_OPTIONS_MIN_WIDTH wide compile with
+    # steps.INFERENCE_COMPILER_OPTIONS (YNNPACK's dot fusions): every jaxlib the project allows takes them, they
+    # change the compiled program, and the scores stay those of XLA's default program to float rounding (packed
+    # layout); a narrower encoder's program is XLA's default one
+    assert steps.platform_options(steps.INFERENCE_COMPILER_OPTIONS) == steps.INFERENCE_COMPILER_OPTIONS["cpu"]
+    for width, changed in ((steps.INFERENCE_OPTIONS_MIN_WIDTH, True), (steps.INFERENCE_OPTIONS_MIN_WIDTH // 2, False)):
+        config = tiny_config()
+        config.model.embed_dims = (16, width)
+        model = build.build_model(config)
+        batch = build.example_batch(config, 8)
+        state = steps.init_state(model, optax.sgd(0.1), batch, jax.random.key(0))
+        plan = layout.plan_layout(np.asarray(batch["mask"]).sum(1), batch["mask"].shape[1], groups=2, slot_multiple=4)
+        ours = steps.make_eval_step(model)
+        default = jax.jit(ours.__wrapped__, static_argnums=2)
+        compiled = [step.lower(state, batch, plan).compile().as_text() for step in (ours, default)]
+        assert (compiled[0] != compiled[1]) == changed, width
+        for x, y in zip(jax.tree.leaves(ours(state, batch, plan)), jax.tree.leaves(default(state, batch, plan))):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     # an option this jaxlib does not know, or a platform without options, compiles with XLA's defaults
     assert steps.platform_options({"cpu": {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"}}) is None
     assert steps.platform_options({"cpu": {"xla_no_such_option": 1}}) is None
