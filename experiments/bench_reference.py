@@ -89,6 +89,21 @@ class Jetjax:
     def infer(self, batches):
         feeding.run_eval(self.state, self.eval_step, self.eval_feeder, batches, self.batch, self.window)
 
+    def matmul_flops(self, mode, batches):
+        """The matrix-product FLOPs of `mode` ('train' or 'inference') on `batches`, each batch counted on the
+        program it runs on (compilation.matmul_flops of the traced step)."""
+        step, feeder = (self.train_step, self.feeder) if mode == "train" else (self.eval_step, self.eval_feeder)
+        stream = batches if mode == "train" else feeding.eval_stream(batches, self.batch, self.window)
+        per_program, total = {}, 0
+        for batch in stream:
+            cut, plan = feeder.prepare(batch)
+            key = (cut["mask"].shape[1], plan)
+            if key not in per_program:
+                traced = step.trace(self.state, feeder.device_batch(cut), plan)
+                per_program[key] = compilation.matmul_flops(traced.jaxpr)
+            total += per_program[key]
+        return total
+
 
 class Weaver:
     """weaver-core's ParticleTransformer in the JetClass example configuration (for size 'part': the reference
@@ -107,6 +122,7 @@ class Weaver:
             num_heads=dims["num_heads"], num_layers=dims["num_layers"], num_cls_layers=2, block_params=None, cls_block_params={"dropout": 0, "attn_dropout": 0, "activation_dropout": 0},
             fc_params=[], activation="gelu", trim=True, for_inference=False, use_amp=amp,
             compile_model=compile_model).to(self.device)
+        self.module = model
         self.model = torch.compile(model) if compile_model else model
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
         self.amp = amp
@@ -139,6 +155,25 @@ class Weaver:
                 scores = torch.softmax(self.model(x, v, mask).float(), dim=1).cpu()
         scores.numpy()
 
+    def matmul_flops(self, mode, batches):
+        """The matrix-product FLOPs of `mode` on `batches` (torch's FlopCounterMode, on the model without
+        torch.compile): training steps as `train` runs them (the trimmer cuts each batch anew), inference as a
+        forward pass in eval mode with autograd on (the counter fails under inference_mode), the same products."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        module = self.model
+        self.model = self.module
+        with FlopCounterMode(display=False) as counter:
+            if mode == "train":
+                self.train(batches)
+            else:
+                self.model.eval()
+                with self.autocast():
+                    for x, v, mask, _ in batches:
+                        self.model(x, v, mask)
+        self.model = module
+        return counter.get_total_flops()
+
 
 def timed(run, batches):
     start = time.perf_counter()
@@ -163,20 +198,23 @@ def worker(framework, dtype, folder, args, connection):
     train_batches, test_batches = read_batches(folder, args)
     if framework == "jetjax":
         config = jetjax_config(args, dtype)
-        engine = Jetjax(config, build.example_batch(config, args.batch))
-        runs = {"train": (engine.train, train_batches), "inference": (engine.infer, test_batches)}
+        runner = Jetjax(config, build.example_batch(config, args.batch))
+        runs = {"train": (runner.train, train_batches), "inference": (runner.infer, test_batches)}
     else:
         import torch
 
         torch.set_num_threads(os.cpu_count())
-        reference = Weaver(args.size, train_batches[0]["features"].shape[-1], 7, dtype == "bfloat16",
-                           framework == "weaver compiled")
-        runs = {mode: (getattr(reference, mode), [reference.inputs(b) for b in batches])
+        runner = Weaver(args.size, train_batches[0]["features"].shape[-1], 7, dtype == "bfloat16",
+                        framework == "weaver compiled")
+        runs = {mode: (getattr(runner, mode), [runner.inputs(b) for b in batches])
                 for mode, batches in (("train", train_batches), ("infer", test_batches))}
         runs["inference"] = runs.pop("infer")
     with compilation.CompileLog() as compiled:  # warm-up: compile every program, pass weaver's trimmer warm-up
         warmup_s = sum(timed(run, batches) for run, batches in runs.values())
-    connection.send({"warmup_s": round(warmup_s, 1), **(compiled.summary() if framework == "jetjax" else {})})
+    # the work: matrix-product FLOPs per jet of each mode, counted after the warm-up (weaver's trimmer then cuts)
+    work = {f"{mode} MFLOP/jet": round(runner.matmul_flops(mode, batches) / (len(batches) * args.batch) / 1e6, 1)
+            for mode, (_, batches) in runs.items()}
+    connection.send({"warmup_s": round(warmup_s, 1), **work, **(compiled.summary() if framework == "jetjax" else {})})
     while (mode := connection.recv()) is not None:
         run, batches = runs[mode]
         connection.send((timed(run, batches), len(batches) * args.batch))
@@ -205,13 +243,14 @@ def main():
                       "inference_multiplicity": multiplicities(test_batches)}), flush=True)
     frameworks = ["jetjax", "weaver"] + (["weaver compiled"] if args.weaver_compile else [])
     context = multiprocessing.get_context("spawn")
-    workers = {}
+    workers, reports = {}, {}
     for dtype in args.dtype:
         for framework in frameworks:  # one at a time: warm-ups (compilation) do not overlap
             ours, theirs = context.Pipe()
             process = context.Process(target=worker, args=(framework, dtype, folder, args, theirs), daemon=True)
             process.start()
-            print(json.dumps({"framework": framework, "dtype": dtype, **ours.recv()}), flush=True)
+            reports[(framework, dtype)] = ours.recv()
+            print(json.dumps({"framework": framework, "dtype": dtype, **reports[(framework, dtype)]}), flush=True)
             workers[(framework, dtype)] = (process, ours)
     cases = [(framework, dtype, mode) for framework, dtype in workers for mode in ("train", "inference")]
     rates = {case: [] for case in cases}
@@ -228,10 +267,16 @@ def main():
         connection.send(None)
         process.join()
     summary = {" ".join(case): round(statistics.median(r), 1) for case, r in rates.items()}
-    for framework, dtype, mode in cases:
+    for framework, dtype, mode in cases:  # the speed of the matrix products: jets/s x their FLOPs per jet
+        summary[f"{framework} {dtype} {mode} GFLOP/s"] = round(
+            summary[f"{framework} {dtype} {mode}"] * reports[(framework, dtype)][f"{mode} MFLOP/jet"] / 1e3, 1)
+    for framework, dtype, mode in cases:  # jets/s ratio = work ratio x GFLOP/s ratio
         if framework != "jetjax":
-            summary[f"jetjax / {framework} {dtype} {mode}"] = round(
-                summary[f"jetjax {dtype} {mode}"] / summary[f"{framework} {dtype} {mode}"], 2)
+            ours, theirs = f"jetjax {dtype} {mode}", f"{framework} {dtype} {mode}"
+            summary[f"jetjax / {theirs}"] = round(summary[ours] / summary[theirs], 2)
+            summary[f"work {theirs} / jetjax"] = round(reports[(framework, dtype)][f"{mode} MFLOP/jet"]
+                                                       / reports[("jetjax", dtype)][f"{mode} MFLOP/jet"], 2)
+            summary[f"GFLOP/s jetjax / {theirs}"] = round(summary[f"{ours} GFLOP/s"] / summary[f"{theirs} GFLOP/s"], 2)
     print(json.dumps({"summary": summary, "device": device, "batch": args.batch, "P": args.particles}), flush=True)
 
 

@@ -5,9 +5,11 @@ On an accelerator a program can take a minute to compile (README, "Benchmarks": 
 whose program count grows with its data is a bug; the engine logs these counts at start-up and with every
 validation record."""
 import collections
+import math
 from pathlib import Path
 
 import jax
+from jax.extend import core as jax_core
 
 from configs import defaults
 
@@ -51,6 +53,23 @@ class CompileLog:
                   if n > 1 or self.seconds[name] > 1 or name.endswith("_step)")}
         return {"compiled_programs": sum(self.programs.values()), "compile_s": round(sum(self.seconds.values()), 2),
                 "cache_hits": self.cache_hits, **counts}
+
+
+def matmul_flops(jaxpr):
+    """FLOPs (2 per multiply-add) of the matrix products in `jaxpr` (a traced step: `jax.jit(step).trace(*args)
+    .jaxpr`), nested calls included and scan bodies times their length; elementwise work is left out, as in
+    torch's FlopCounterMode, so the two frameworks' counts compare (experiments/bench_reference.py). Every
+    branch of a cond counts, a while loop's body once."""
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    total = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (contracted, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            total += 2 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contracted)
+        repeats = eqn.params["length"] if eqn.primitive.name == "scan" else 1
+        total += repeats * sum(matmul_flops(sub) for sub in jax_core.jaxprs_in_params(eqn.params))
+    return total
 
 
 def use_persistent_cache(config):

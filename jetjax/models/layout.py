@@ -62,14 +62,13 @@ def slot_bucket(length, multiple, limit):
     return min(max(_round_up(length, multiple), multiple), limit)
 
 
-def plan_layout(lengths, slots, shards=1, groups=4, slot_multiple=16, capacity_steps=8):
+def plan_layout(lengths, slots, shards=1, groups=4, slot_multiple=16):
     """The `LayoutPlan` of a batch whose jets have `lengths` real particles (numpy (B,), an upper bound of
     what the encoder will see), padded to `slots` slots, split into `shards` equal shards.
 
     Jets are sorted by length within each shard and cut into `groups` groups of equal size; a group's slot
-    count is the bucket (`slot_bucket`) of its longest jet over all shards. Particle and pair capacities are
-    the largest shard's counts rounded up to a multiple of 1/`capacity_steps` of their dense size, so that
-    batches of similar composition share one plan (one compiled program)."""
+    count is the bucket (`slot_bucket`) of its longest jet over all shards. The particle and pair capacities
+    are the largest shard's counts (`bounded_plans` widens plans to hold other batches)."""
     lengths = np.asarray(lengths, np.int64)
     if len(lengths) % shards:
         raise ValueError(f"{len(lengths)} jets do not split into {shards} equal shards")
@@ -81,13 +80,9 @@ def plan_layout(lengths, slots, shards=1, groups=4, slot_multiple=16, capacity_s
     for start, stop in zip(bounds[:-1], bounds[1:]):
         if stop > start:
             plan.append((int(stop - start), slot_bucket(per_shard[:, stop - 1].max(), slot_multiple, slots)))
-    dense_particles = sum(n * s for n, s in plan)
-    dense_pairs = sum(n * s * (s + 1) // 2 for n, s in plan)
     particles = max(1, int(per_shard.sum(axis=1).max()))
     pairs = max(1, int((per_shard * (per_shard + 1) // 2).sum(axis=1).max()))
-    return LayoutPlan(shards, tuple(plan), min(_round_up(particles, -(-dense_particles // capacity_steps)),
-                                               dense_particles),
-                      min(_round_up(pairs, -(-dense_pairs // capacity_steps)), dense_pairs))
+    return LayoutPlan(shards, tuple(plan), particles, pairs)
 
 
 def plan_slots(plan):
@@ -123,13 +118,24 @@ def coverage_fractions(count):
     return [1 - 0.5 ** k for k in range(1, count)]
 
 
+RESAMPLED_BATCHES = 256
+"""Batches drawn from a sample's jets to size the plan that holds nearly every batch like the sample."""
+
+
 def bounded_plans(sample, slots, shards, groups, slot_multiple, count):
     """`count` nested plans (at most) for batches like `sample` (encoder lengths of a few batches, numpy (B,)
-    each): the k-th holds the lightest `coverage_fractions(count)[k]` of the sample's batches (the envelope of
-    their own plans); the last holds any batch of `slots` slots (every group at `slots`, dense capacities).
-    A run compiles these and nothing else, whatever its data."""
+    each): the first `count` - 2 hold the lightest `coverage_fractions(count - 1)` of the sample's batches (the
+    envelope of their own plans); the next holds every batch of the sample and `RESAMPLED_BATCHES` batches
+    drawn from its jets, so that only an outlier needs the last, which holds any batch of `slots` slots (every
+    group at `slots`, dense capacities; about twice the work of the others on Pythia jets). A run compiles
+    these and nothing else, whatever its data; every process draws the same batches."""
     own = sorted((plan_layout(lengths, slots, shards, groups, slot_multiple) for lengths in sample), key=plan_work)
-    plans = [envelope(own[:max(1, int(np.ceil(f * len(own))))]) for f in coverage_fractions(count)]
+    plans = [envelope(own[:max(1, int(np.ceil(f * len(own))))]) for f in coverage_fractions(count - 1)]
+    if count > 1:
+        jets, rng = np.concatenate(sample), np.random.default_rng(0)
+        drawn = [plan_layout(rng.choice(jets, len(sample[0])), slots, shards, groups, slot_multiple)
+                 for _ in range(RESAMPLED_BATCHES)]
+        plans.append(envelope(own + drawn))
     plans.append(plan_layout(np.full(len(sample[0]), slots), slots, shards, groups, slot_multiple))
     return list(dict.fromkeys(plans))  # in order, without repeats
 
