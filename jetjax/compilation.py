@@ -3,7 +3,8 @@ counted from jax's monitoring events (every backend compilation, whichever threa
 persistent compilation cache, on by default, so that a rerun loads its programs instead of compiling them.
 On an accelerator a program can take a minute to compile (README, "Benchmarks": the H200 measurement), so a run
 whose program count grows with its data is a bug; the engine logs these counts at start-up and with every
-validation record."""
+validation record. `matmul_flops` counts the matrix-product work of a traced step (experiments/bench_reference.py
+compares it with torch's count for weaver)."""
 import collections
 import math
 from pathlib import Path
