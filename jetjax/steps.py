@@ -6,6 +6,7 @@ data mesh the batch arrives sharded along 'data' and the state replicated, so th
 or many. The run around these steps (epoch loop, validation, checkpoints): jetjax/train.py.
 """
 import functools
+from pathlib import Path
 from typing import Any
 
 import flax.struct
@@ -38,12 +39,23 @@ INFERENCE_COMPILER_OPTIONS = {"cpu": {"xla_cpu_experimental_ynn_fusion_type":
 """XLA options of the eval-mode programs (`jit_inference`) per platform. On the CPU, jaxlib 0.12 hands each matmul
 to YNNPACK alone and runs the elementwise work around it (a LayerNorm's normalisation, the bias) as separate loops;
 with the dot fusions of this option YNNPACK takes that work into the matmul, and the reference ParT infers 1.1x faster
-(README, "Benchmarks"). Training steps measured no change with it, so they keep XLA's defaults."""
+on a CPU with AVX-512 (Xeon, Sapphire Rapids) but 1.06x slower on one without (AMD EPYC, AVX2 only; README,
+"Benchmarks"), so they apply only where the CPU has AVX-512 (`cpu_has_avx512`). Training steps measured no change
+with them, so they keep XLA's defaults."""
 
 INFERENCE_OPTIONS_MIN_WIDTH = 128
 """The narrowest encoder (particle-token width) whose eval-mode programs take INFERENCE_COMPILER_OPTIONS. Measured on
 a 2-core CPU: the 128-wide reference ParT infers 1.1x faster with them at P = 128 and as fast at P = 32; the
 quickstart's 32-wide model 13-15% slower at P = 32 and P = 128, so narrower encoders keep XLA's defaults."""
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_avx512():
+    """Whether the host CPU has AVX-512 (the `avx512f` flag of Linux's /proc/cpuinfo; False where there is none)."""
+    try:
+        return "avx512f" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
 
 
 @functools.lru_cache(maxsize=None)
@@ -66,9 +78,11 @@ def platform_options(table):
 
 def jit_inference(step, model):
     """jax.jit of an eval-mode step (state, batch, plan -> ...; plan static) of the objective `model`, with
-    INFERENCE_COMPILER_OPTIONS where its encoder is at least INFERENCE_OPTIONS_MIN_WIDTH wide."""
+    INFERENCE_COMPILER_OPTIONS where its encoder is at least INFERENCE_OPTIONS_MIN_WIDTH wide and the CPU has
+    AVX-512."""
     width = model.encoder.embed_dims[-1] if model.encoder is not None else 0  # None: the tokenizer stage
-    options = platform_options(INFERENCE_COMPILER_OPTIONS) if width >= INFERENCE_OPTIONS_MIN_WIDTH else None
+    wide = width >= INFERENCE_OPTIONS_MIN_WIDTH and cpu_has_avx512()
+    options = platform_options(INFERENCE_COMPILER_OPTIONS) if wide else None
     return jax.jit(step, static_argnums=2, compiler_options=options)
 
 

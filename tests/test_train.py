@@ -120,13 +120,19 @@ def test_unoptimised_init_program_gives_the_parameters_of_an_optimised_one():
         lambda x: (x.shape, x.dtype), state.params)
 
 
+def test_cpu_has_avx512_agrees_with_numpys_cpu_detection():
+    features = pytest.importorskip("numpy._core._multiarray_umath").__cpu_features__  # numpy 2: from CPUID
+    assert steps.cpu_has_avx512() == features["AVX512F"]
+
+
 def test_inference_options_change_a_wide_cpu_program_but_not_its_scores(xla_optimisations):
     # on the CPU the eval-mode steps of encoders at least steps.INFERENCE_OPTIONS_MIN_WIDTH wide compile with
-    # steps.INFERENCE_COMPILER_OPTIONS (YNNPACK's dot fusions): every jaxlib the project allows takes them, they
-    # change the compiled program, and the scores stay those of XLA's default program to float rounding (packed
-    # layout); a narrower encoder's program is XLA's default one
-    assert steps.platform_options(steps.INFERENCE_COMPILER_OPTIONS) == steps.INFERENCE_COMPILER_OPTIONS["cpu"]
-    for width, changed in ((steps.INFERENCE_OPTIONS_MIN_WIDTH, True), (steps.INFERENCE_OPTIONS_MIN_WIDTH // 2, False)):
+    # steps.INFERENCE_COMPILER_OPTIONS (YNNPACK's dot fusions) where the CPU has AVX-512: every jaxlib the project
+    # allows takes them, they change the compiled program, and the scores stay those of XLA's default program to
+    # float rounding (packed layout); a narrower encoder's program, or any without AVX-512, is XLA's default one
+    options = steps.INFERENCE_COMPILER_OPTIONS["cpu"]
+    assert steps.platform_options(steps.INFERENCE_COMPILER_OPTIONS) == options
+    for width in (steps.INFERENCE_OPTIONS_MIN_WIDTH, steps.INFERENCE_OPTIONS_MIN_WIDTH // 2):
         config = tiny_config()
         config.model.embed_dims = (16, width)
         model = build.build_model(config)
@@ -135,9 +141,14 @@ def test_inference_options_change_a_wide_cpu_program_but_not_its_scores(xla_opti
         plan = layout.plan_layout(np.asarray(batch["mask"]).sum(1), batch["mask"].shape[1], groups=2, slot_multiple=4)
         ours = steps.make_eval_step(model)
         default = jax.jit(ours.__wrapped__, static_argnums=2)
-        compiled = [step.lower(state, batch, plan).compile().as_text() for step in (ours, default)]
-        assert (compiled[0] != compiled[1]) == changed, width
-        for x, y in zip(jax.tree.leaves(ours(state, batch, plan)), jax.tree.leaves(default(state, batch, plan))):
+        with_options = jax.jit(ours.__wrapped__, static_argnums=2, compiler_options=options)
+        ours_text, default_text, options_text = (step.lower(state, batch, plan).compile().as_text()
+                                                 for step in (ours, default, with_options))
+        assert options_text != default_text
+        takes_options = width >= steps.INFERENCE_OPTIONS_MIN_WIDTH and steps.cpu_has_avx512()
+        assert ours_text == (options_text if takes_options else default_text), width
+        outputs = [jax.tree.leaves(step(state, batch, plan)) for step in (with_options, default)]
+        for x, y in zip(*outputs):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     # an option this jaxlib does not know, or a platform without options, compiles with XLA's defaults
     assert steps.platform_options({"cpu": {"xla_cpu_experimental_ynn_fusion_type": "NO_SUCH_TYPE"}}) is None
