@@ -161,17 +161,18 @@ class Weaver:
         forward pass in eval mode with autograd on (the counter fails under inference_mode), the same products."""
         from torch.utils.flop_counter import FlopCounterMode
 
-        module = self.model
-        self.model = self.module
-        with FlopCounterMode(display=False) as counter:
-            if mode == "train":
-                self.train(batches)
-            else:
-                self.model.eval()
-                with self.autocast():
-                    for x, v, mask, _ in batches:
-                        self.model(x, v, mask)
-        self.model = module
+        timed_model, self.model = self.model, self.module
+        try:
+            with FlopCounterMode(display=False) as counter:
+                if mode == "train":
+                    self.train(batches)
+                else:
+                    self.model.eval()
+                    with self.autocast():
+                        for x, v, mask, _ in batches:
+                            self.model(x, v, mask)
+        finally:
+            self.model = timed_model
         return counter.get_total_flops()
 
 

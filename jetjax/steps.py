@@ -81,8 +81,8 @@ def jit_inference(step, model):
     INFERENCE_COMPILER_OPTIONS where its encoder is at least INFERENCE_OPTIONS_MIN_WIDTH wide and the CPU has
     AVX-512."""
     width = model.encoder.embed_dims[-1] if model.encoder is not None else 0  # None: the tokenizer stage
-    wide = width >= INFERENCE_OPTIONS_MIN_WIDTH and cpu_has_avx512()
-    options = platform_options(INFERENCE_COMPILER_OPTIONS) if wide else None
+    takes_options = width >= INFERENCE_OPTIONS_MIN_WIDTH and cpu_has_avx512()
+    options = platform_options(INFERENCE_COMPILER_OPTIONS) if takes_options else None
     return jax.jit(step, static_argnums=2, compiler_options=options)
 
 
